@@ -1,0 +1,216 @@
+"""A throwaway single-node Apache Kafka broker (KRaft combined mode), no Docker.
+
+The broker's jars come from Maven Central through ``deploy/kafka/pom.xml`` and are
+cached (``CACHE_DIR``), so only the first run downloads. Each broker gets free loopback
+ports and a temporary data directory, and is stopped by PID.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
+POM = KAFKA_DIR / "pom.xml"
+LOG4J_CONFIG = KAFKA_DIR / "log4j2.properties"
+JAVA_HEAP = "-Xmx768m"
+
+
+def kafka_version() -> str:
+    """The broker version pinned in the pom (docker-compose pins the same)."""
+    text = POM.read_text()
+    start = text.index("<kafka.version>") + len("<kafka.version>")
+    return text[start : text.index("</kafka.version>", start)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def resolve_jars(cache_dir: Path) -> Path:
+    """Copy the broker's runtime jars into the cache once; return their folder."""
+    jars = cache_dir / f"kafka-{kafka_version()}" / "jars"
+    done = jars / ".complete"
+    if done.exists():
+        return jars
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise RuntimeError("Maven (mvn) is needed to fetch the Kafka broker's jars")
+    log.info("resolving Kafka %s jars from Maven Central into %s", kafka_version(), jars)
+    if jars.exists():
+        shutil.rmtree(jars)
+    subprocess.run(
+        [
+            mvn, "-B", "-f", str(POM), "dependency:copy-dependencies",
+            f"-DoutputDirectory={jars}", "-DincludeScope=runtime",
+        ],
+        check=True,
+    )
+    done.touch()
+    return jars
+
+
+def _java() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise RuntimeError("a Java runtime (JDK 17) is needed to run the Kafka broker")
+    return java
+
+
+@dataclass
+class LocalKafka:
+    """One broker+controller on loopback. Use as a context manager or start()/stop()."""
+
+    cache_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    controller_port: int = 0
+    data_dir: Path | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _own_data_dir: bool = field(default=False, init=False)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def _properties(self) -> str:
+        assert self.data_dir is not None
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.voters=1@{self.host}:{self.controller_port}",
+                f"listeners=PLAINTEXT://{self.host}:{self.port},"
+                f"CONTROLLER://{self.host}:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={self.data_dir / 'logs'}",
+                "num.partitions=1",
+                # one node: every internal topic has a single replica
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=4",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "transaction.state.log.num.partitions=4",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                "group.initial.rebalance.delay.ms=0",
+                "auto.create.topics.enable=false",
+                "log.cleaner.backoff.ms=1000",
+            ]
+        ) + "\n"
+
+    def start(self, timeout: float = 90.0) -> "LocalKafka":
+        if self.process is not None:
+            return self
+        jars = resolve_jars(self.cache_dir)
+        self.port = self.port or free_port()
+        self.controller_port = self.controller_port or free_port()
+        if self.data_dir is None:
+            self.data_dir = Path(tempfile.mkdtemp(prefix="mm-kafka-"))
+            self._own_data_dir = True
+        config = self.data_dir / "server.properties"
+        config.write_text(self._properties())
+        classpath = f"{jars}/*"
+        base = [_java(), JAVA_HEAP, "-cp", classpath, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}"]
+        if not (self.data_dir / "logs" / "meta.properties").exists():
+            cluster_id = uuid.uuid4().bytes.hex()[:22]
+            subprocess.run(
+                [*base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+                check=True, stdout=subprocess.DEVNULL,
+            )
+        log_file = open(self.data_dir / "broker.log", "ab")
+        self.process = subprocess.Popen(
+            [*base, "kafka.Kafka", str(config)],
+            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log_file.close()
+        log.info("started Kafka %s (pid %d) on %s", kafka_version(), self.pid,
+                 self.bootstrap_servers)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Wait until the broker answers a metadata request."""
+        from aiokafka.admin import AIOKafkaAdminClient
+        import asyncio
+
+        async def probe() -> None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
+                                        request_timeout_ms=3000)
+            await admin.start()
+            try:
+                await admin.describe_cluster()
+            finally:
+                await admin.close()
+
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Kafka broker exited early; see {self.data_dir}/broker.log")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=1):
+                    pass
+                asyncio.run(probe())
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"Kafka did not answer within {timeout}s")
+                time.sleep(0.5)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop the broker by PID (SIGTERM, then SIGKILL) and drop a temp data dir."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            log.info("stopped Kafka (pid %d)", self.process.pid)
+            self.process = None
+        if self._own_data_dir and self.data_dir is not None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+            self.data_dir = None
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports and data (broker-restart tests)."""
+        own, self._own_data_dir = self._own_data_dir, False
+        self.stop()
+        self._own_data_dir = own
+        self.start()
+
+    def __enter__(self) -> "LocalKafka":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.path.expanduser("~/.cache/messaging-metrics"))

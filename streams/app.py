@@ -1,0 +1,148 @@
+"""The worker: the ingest stage and the Faust aggregate agent in one process.
+
+- ingest (plain aiokafka, batch-at-a-time; see :mod:`streams.ingest`) runs as a Faust
+  service beside the agent;
+- the ``aggregate`` agent reads ``messaging.partials`` (partials and watermark marks,
+  low volume) and keeps one :class:`OwnerState` per partition in a Faust table, whose
+  changelog restores it on restart or rebalance; closed windows go to
+  ``messaging.metrics`` and to the gauges on ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+import orjson
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from streams import faust_transport
+from streams.exposition import WindowCollector
+from streams.ingest import IngestStage
+from streams.owner import OwnerState
+from streams.pipeline_metrics import PipelineMetrics
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+_CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
+
+
+def _credentials(settings: Settings) -> Any:
+    options = settings.kafka_client_options()
+    if settings.kafka_sasl_mechanism:
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=options.get("sasl_plain_password"),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=options.get("ssl_context"),
+        )
+    if "ssl_context" in options:
+        return faust.SSLCredentials(options["ssl_context"])
+    return None
+
+
+class Worker:
+    """Builds the Faust app with its agent, table, ingest service and web page."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = PipelineMetrics(self.registry)
+        brokers = [f"{faust_transport.SCHEME}://{h}" for h in settings.bootstrap.split(",")]
+        self.app = faust.App(
+            settings.app_id,
+            broker=brokers,
+            broker_credentials=_credentials(settings),
+            store="memory://",
+            topic_partitions=settings.partials_partitions,
+            topic_replication_factor=1,
+            topic_allow_declare=True,
+            consumer_auto_offset_reset="earliest",
+            web_enabled=True,
+            web_bind=settings.metrics_host,
+            web_port=settings.metrics_port,
+            web_host=settings.metrics_host,
+            broker_commit_interval=1.0,
+            producer_acks=-1,
+        )
+        self.partials = self.app.topic(
+            settings.partials_topic, key_serializer="raw", value_serializer="raw",
+            partitions=settings.partials_partitions,
+        )
+        self.metrics_out = self.app.topic(
+            settings.metrics_topic, key_serializer="raw", value_serializer="raw"
+        )
+        self.owners = self.app.Table(
+            "aggregate-owners",
+            schema=faust.Schema(
+                key_type=str, value_type=bytes, key_serializer="json", value_serializer="raw"
+            ),
+            partitions=settings.partials_partitions,
+        )
+        self.ingest = IngestStage(settings, self.metrics)
+        self.registry.register(WindowCollector(self._owned_states, settings.window_seconds))
+        self.app.agent(self.partials, name="aggregate")(self._aggregate)
+        self.app.task(self._run_ingest)
+        self.app.page("/metrics")(self._metrics_view())
+        self.app.page("/healthz")(self._health_view())
+
+    # --- aggregate agent ---------------------------------------------------------------
+    async def _aggregate(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            partition = event.message.partition
+            key = f"p{partition}"
+            raw = self.owners.get(key)
+            state = (
+                OwnerState.loads(raw) if raw
+                else OwnerState(partition, self.settings.window_seconds)
+            )
+            closed = state.apply(orjson.loads(event.value))
+            self.owners[key] = state.dumps()
+            for window in closed:
+                await self.metrics_out.send(
+                    key=str(window.start).encode(), value=orjson.dumps(window.record())
+                )
+                log.info("closed window %d (owner %d)", window.start, partition)
+
+    def _owned_states(self) -> list[OwnerState]:
+        assigned = self.app.consumer.assignment() if self.app.consumer else set()
+        states = []
+        for tp in assigned:
+            if tp.topic != self.settings.partials_topic:
+                continue
+            raw = self.owners.get(f"p{tp.partition}")
+            if raw:
+                states.append(OwnerState.loads(raw))
+        return states
+
+    # --- ingest service ---------------------------------------------------------------
+    async def _run_ingest(self) -> None:
+        try:
+            await self.ingest.start()
+            await self.ingest.run()
+        except Exception as exc:  # a dead ingest must take the worker down, loudly
+            log.exception("ingest stage crashed")
+            await self.app.crash(exc)
+
+    async def stop_ingest(self) -> None:
+        await self.ingest.stop()
+
+    # --- web ----------------------------------------------------------------------------
+    def _metrics_view(self) -> type[View]:
+        registry = self.registry
+
+        class MetricsView(View):
+            async def get(self, request: Request) -> Response:
+                # aiohttp wants the charset apart from the content type
+                return self.bytes(generate_latest(registry), content_type=_CONTENT_TYPE)
+
+        return MetricsView
+
+    def _health_view(self) -> type[View]:
+        class HealthView(View):
+            async def get(self, request: Request) -> Response:
+                return self.json({"status": "ok"})
+
+        return HealthView

@@ -1,0 +1,113 @@
+"""``messaging-metrics``: the one console script (worker, produce, demo, kafka)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    import faust
+
+    from streams.app import Worker
+    from streams.kafka_io import ensure_topics
+
+    _setup_logging(settings)
+    asyncio.run(ensure_topics(settings))
+    asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop
+    worker = Worker(settings)
+    worker.app.on_before_shutdown.connect(_stop_ingest_first(worker))
+    faust.Worker(worker.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
+    return 0
+
+
+def _stop_ingest_first(worker: "object") -> object:
+    async def on_before_shutdown(app: object, **kwargs: object) -> None:
+        # finish and commit the batch in flight before Faust tears the loop down
+        await worker.stop_ingest()  # type: ignore[attr-defined]
+
+    return on_before_shutdown
+
+
+def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from producers import cli as producer_cli
+
+    _setup_logging(settings)
+    return asyncio.run(producer_cli.main(args, settings))
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.demo import run_demo
+
+    _setup_logging(settings)
+    return run_demo(settings, duration=args.duration)
+
+
+def cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import threading
+
+    from deploy.local_kafka import LocalKafka
+
+    _setup_logging(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    with LocalKafka(settings.cache_dir, port=args.port) as broker:
+        print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
+        print(f"broker pid {broker.pid}; Ctrl-C stops it", file=sys.stderr, flush=True)
+        stop.wait()
+    return 0
+
+
+def build_parser(settings: Settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="messaging-metrics",
+        description="Messaging metrics on Kafka + Faust. Settings come from the "
+        "environment (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("worker", help="run the stream worker (ingest + aggregate + /metrics)")
+    produce = sub.add_parser("produce", help="run the synthetic event producer")
+    try:  # TEMP until producers.cli lands
+        from producers import cli as producer_cli
+
+        producer_cli.add_arguments(produce, settings)
+    except ImportError:
+        pass
+    demo = sub.add_parser(
+        "demo", help="start a local broker if needed, the worker and the producer, "
+        "and show a live view; Ctrl-C stops everything"
+    )
+    demo.add_argument("--duration", type=float, default=None,
+                      help="stop by itself after this many seconds (default: run until Ctrl-C)")
+    kafka = sub.add_parser("kafka", help="run a local single-node Kafka broker until Ctrl-C")
+    kafka.add_argument("--port", type=int, default=0, help="listener port (default: a free one)")
+    return parser
+
+
+COMMANDS = {"worker": cmd_worker, "produce": cmd_produce, "demo": cmd_demo, "kafka": cmd_kafka}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings = Settings()
+    args = build_parser(settings).parse_args(argv)
+    return COMMANDS[args.command](args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,165 @@
+"""What one owner of a partials partition keeps: open windows, watermark, dedup marks.
+
+Pure code. The Faust aggregate agent stores one :class:`OwnerState` per partials
+partition in a table (one changelog record holds it all, so windows, the watermark and
+the applied-offset marks are always restored together) and feeds it the partial and
+watermark records of that partition in order.
+
+Exactly-once on this side: every partial names its source (segment, input partition,
+last input offset of the batch). A partial at or below the offset already applied for
+its (segment, source) is a redelivery and is ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from streams.catalogue import window_samples
+from streams.partials import EVENTS, Partial, decode, encode, merge_into, merged
+from streams.windows import GlobalWatermark, SourceMark
+
+RECENT_WINDOWS = 5  # closed windows kept for /metrics (a scrape may trail a close)
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    owner: int
+    start: int
+    end: int
+    segments: dict[str, Partial]
+
+    def record(self) -> dict[str, Any]:
+        """The ``messaging.metrics`` record: all segments and all metrics of the window."""
+        total = merged(self.segments.values())
+        return {
+            "owner": self.owner,
+            "window_start": self.start,
+            "window_end": self.end,
+            "segments": sorted(self.segments),
+            "samples": window_samples(total, self.end),
+        }
+
+
+@dataclass(slots=True)
+class OwnerState:
+    owner: int
+    window_size: int
+    windows: dict[int, dict[str, Partial]] = field(default_factory=dict)
+    applied: dict[str, int] = field(default_factory=dict)
+    watermark: GlobalWatermark = field(init=False)
+    recent: dict[int, Partial] = field(default_factory=dict)
+    late_events: int = 0
+    duplicates: int = 0
+
+    def __post_init__(self) -> None:
+        self.watermark = GlobalWatermark(self.window_size)
+
+    # --- records -------------------------------------------------------------------
+    def apply(self, record: dict[str, Any]) -> list[ClosedWindow]:
+        if record["kind"] == "partial":
+            self.apply_partial(record)
+            return []
+        return self.apply_mark(record)
+
+    def apply_partial(self, record: dict[str, Any]) -> None:
+        mark = f"{record['segment']}|{record['source']}"
+        offset = record["offset"]
+        if offset <= self.applied.get(mark, -1):
+            self.duplicates += 1
+            return
+        self.applied[mark] = offset
+        segment = record["segment"]
+        for start_text, data in record["windows"].items():
+            start = int(start_text)
+            counts = decode(data)
+            if start + self.window_size <= self.watermark.value:
+                # closed already (a source went idle, then resumed): counted, not applied
+                self.late_events += sum(v for k, v in counts.items() if k[0] == EVENTS)
+                continue
+            window = self.windows.setdefault(start, {})
+            merge_into(window.setdefault(segment, {}), counts)
+
+    def apply_mark(self, record: dict[str, Any]) -> list[ClosedWindow]:
+        mark = SourceMark(
+            _or_minus_inf(record["watermark"]), _or_minus_inf(record["max_ts"]), record["idle"]
+        )
+        value = self.watermark.update(record["source"], mark, record["sources"])
+        closing = sorted(start for start in self.windows if start + self.window_size <= value)
+        closed = []
+        for start in closing:
+            segments = self.windows.pop(start)
+            closed.append(ClosedWindow(self.owner, start, start + self.window_size, segments))
+            self.recent[start] = merged(segments.values())
+        if closing and len(self.recent) > RECENT_WINDOWS:
+            for start in sorted(self.recent)[: len(self.recent) - RECENT_WINDOWS]:
+                del self.recent[start]
+        return closed
+
+    # --- what /metrics shows --------------------------------------------------------
+    @property
+    def last_closed_start(self) -> int | None:
+        """Start of the newest window whose end is at or below the watermark."""
+        value = self.watermark.value
+        if value == -math.inf:
+            return None
+        return math.floor(value / self.window_size) * self.window_size - self.window_size
+
+    def closed_counts(self, start: int) -> Partial:
+        return self.recent.get(start, {})
+
+    # --- persistence (one table value) ------------------------------------------------
+    def dumps(self) -> bytes:
+        wm = self.watermark
+        return orjson.dumps(
+            {
+                "owner": self.owner,
+                "window_size": self.window_size,
+                "windows": {
+                    str(s): {seg: encode(p) for seg, p in segs.items()}
+                    for s, segs in self.windows.items()
+                },
+                "applied": self.applied,
+                "sources": wm.source_count,
+                "marks": {
+                    str(k): [_finite(m.watermark), _finite(m.max_ts), m.idle]
+                    for k, m in wm.marks.items()
+                },
+                "watermark": _finite(wm.value),
+                "recent": {str(s): encode(p) for s, p in self.recent.items()},
+                "late_events": self.late_events,
+                "duplicates": self.duplicates,
+            }
+        )
+
+    @classmethod
+    def loads(cls, raw: bytes) -> "OwnerState":
+        data = orjson.loads(raw)
+        state = cls(data["owner"], data["window_size"])
+        state.windows = {
+            int(s): {seg: decode(p) for seg, p in segs.items()}
+            for s, segs in data["windows"].items()
+        }
+        state.applied = data["applied"]
+        state.watermark.source_count = data["sources"]
+        state.watermark.marks = {
+            int(k): SourceMark(_or_minus_inf(w), _or_minus_inf(t), idle)
+            for k, (w, t, idle) in data["marks"].items()
+        }
+        state.watermark.value = _or_minus_inf(data["watermark"])
+        state.recent = {int(s): decode(p) for s, p in data["recent"].items()}
+        state.late_events = data["late_events"]
+        state.duplicates = data["duplicates"]
+        return state
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: "nothing seen yet" travels as null."""
+    return value if math.isfinite(value) else None
+
+
+def _or_minus_inf(value: float | None) -> float:
+    return -math.inf if value is None else value

@@ -1,0 +1,85 @@
+"""Mergeable partial aggregates: flat integer counters keyed by metric and labels.
+
+A partial is a ``Counter``-like ``dict[Key, int]`` where a key is a tuple
+``(metric, *label values)``. Merging is integer addition, so it is associative and
+commutative and any order or grouping of partials gives the same totals exactly.
+Latency is held as a fixed-bucket histogram in integer milliseconds for the same
+reason (float sums would depend on the order of addition).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from streams.events import CHANNELS
+
+Key = tuple[str, ...]
+Partial = dict[Key, int]
+
+SENT: Final = "sent"  # platform, channel, sender_type, content_type
+STARTED: Final = "started"  # platform, channel, entry_point
+FIRST_REPLY: Final = "first_reply"  # channel
+LATENCY_BUCKET: Final = "latency_bucket"  # channel, bucket index (non-cumulative)
+LATENCY_SUM_MS: Final = "latency_sum_ms"  # channel
+READ: Final = "read"  # platform
+SPAM: Final = "spam"  # channel (of the reported conversation), reason
+BLOCK: Final = "block"  # platform
+EVENTS: Final = "events"  # type: every accepted event, used to count late ones
+
+# First-reply latency bucket upper bounds in seconds: a minute to a week.
+LATENCY_BOUNDS_SECONDS: Final = (
+    60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172800, 604800,
+)
+_LATENCY_BOUNDS_MS: Final = tuple(b * 1000 for b in LATENCY_BOUNDS_SECONDS)
+
+UNKNOWN_CHANNEL: Final = "unknown"
+GLOBAL_SEGMENT: Final = "all"
+SEGMENTS: Final = (*CHANNELS, GLOBAL_SEGMENT)
+
+
+def latency_bucket(latency_ms: int) -> int:
+    """Index of the first bucket whose bound is >= latency (len(bounds) is +Inf)."""
+    return bisect_left(_LATENCY_BOUNDS_MS, latency_ms)
+
+
+def merge_into(target: Partial, source: Mapping[Key, int]) -> Partial:
+    for key, value in source.items():
+        target[key] = target.get(key, 0) + value
+    return target
+
+
+def merged(partials: Iterable[Mapping[Key, int]]) -> Partial:
+    total: Partial = {}
+    for partial in partials:
+        merge_into(total, partial)
+    return total
+
+
+def segment_of(key: Key) -> str:
+    """The owner segment of a counter: its channel if it has one, else ``all``."""
+    metric = key[0]
+    if metric == SENT or metric == STARTED:
+        channel = key[2]
+    elif metric in (FIRST_REPLY, LATENCY_BUCKET, LATENCY_SUM_MS, SPAM):
+        channel = key[1]
+    else:
+        return GLOBAL_SEGMENT
+    return channel if channel in CHANNELS else GLOBAL_SEGMENT
+
+
+def split_by_segment(partial: Mapping[Key, int]) -> dict[str, Partial]:
+    out: dict[str, Partial] = {}
+    for key, value in partial.items():
+        out.setdefault(segment_of(key), {})[key] = value
+    return out
+
+
+def encode(partial: Mapping[Key, int]) -> dict[str, int]:
+    """JSON-friendly form: keys joined with '|' (label values never contain '|')."""
+    return {"|".join(key): value for key, value in partial.items()}
+
+
+def decode(data: Mapping[str, int]) -> Partial:
+    return {tuple(key.split("|")): value for key, value in data.items()}

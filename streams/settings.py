@@ -1,0 +1,150 @@
+"""One frozen settings object, read from the environment once (12-factor).
+
+Nothing else in the project reads ``os.environ``: commands build a :class:`Settings`
+and pass it down. Every field is documented in the README's settings table; a test
+keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from functools import cached_property
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", frozen=True, extra="ignore")
+
+    # --- Kafka connection -------------------------------------------------------------
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        description="Kafka bootstrap servers. Unset: the demo and tests start a local broker.",
+    )
+    kafka_security_protocol: str = Field(
+        default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        default=None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 when SASL is used."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password (never printed)."
+    )
+    kafka_ssl_cafile: str | None = Field(default=None, description="CA bundle for SSL.")
+    kafka_ssl_certfile: str | None = Field(default=None, description="Client certificate.")
+    kafka_ssl_keyfile: str | None = Field(default=None, description="Client private key.")
+
+    # --- topics -----------------------------------------------------------------------
+    events_topic: str = Field(default="messaging.events", description="Input events.")
+    dlq_topic: str = Field(
+        default="messaging.events.dlq", description="Rejected input, with the reason."
+    )
+    partials_topic: str = Field(
+        default="messaging.partials", description="Pre-aggregated partials, keyed by segment."
+    )
+    ingest_state_topic: str = Field(
+        default="messaging.ingest.state",
+        description="Compacted changelog of the ingest's per-conversation state.",
+    )
+    metrics_topic: str = Field(
+        default="messaging.metrics", description="One record per closed window and owner."
+    )
+    events_partitions: int = Field(
+        default=4, ge=1, description="Partitions when the events topic is created."
+    )
+    partials_partitions: int = Field(
+        default=4, ge=1, description="Partitions of the partials topic (aggregate owners)."
+    )
+
+    # --- worker -----------------------------------------------------------------------
+    app_id: str = Field(
+        default="messaging-metrics",
+        description="Faust app id: prefixes consumer groups and changelog topics.",
+    )
+    worker_id: str = Field(
+        default_factory=socket.gethostname,
+        description="Stable id of this worker; names its transactional producer. "
+        "Unique per running worker, the same across its restarts.",
+    )
+    window_seconds: int = Field(default=60, ge=1, description="Tumbling window length.")
+    allowed_lateness_seconds: int = Field(
+        default=30, ge=0, description="Event-time lateness accepted before a window closes."
+    )
+    idle_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="Wall seconds without input after which a partition stops holding "
+        "the watermark back, so the last windows close when traffic stops.",
+    )
+    ingest_max_batch: int = Field(
+        default=10_000, ge=1, description="Most events the ingest takes in one batch."
+    )
+    ingest_poll_timeout_ms: int = Field(
+        default=200, ge=1, description="How long the ingest waits for a batch."
+    )
+    transaction_timeout_ms: int = Field(
+        default=15_000,
+        ge=1000,
+        description="Kafka transaction timeout of the ingest producer.",
+    )
+    max_event_bytes: int = Field(
+        default=65_536, ge=256, description="Larger input messages are rejected."
+    )
+    metrics_host: str = Field(default="127.0.0.1", description="Bind address of /metrics.")
+    metrics_port: int = Field(default=6066, ge=0, le=65535, description="Port of /metrics.")
+    log_level: str = Field(default="INFO", description="Python log level.")
+    cache_dir: Path = Field(
+        default_factory=lambda: Path.home() / ".cache" / "messaging-metrics",
+        description="Where the local Kafka broker's jars are cached between runs.",
+    )
+
+    # --- producer (CLI options fall back to these) -----------------------------------
+    producer_rate: float = Field(
+        default=2000.0, ge=0, description="Events per wall second; 0 sends as fast as possible."
+    )
+    producer_speed: float = Field(
+        default=60.0, gt=0, description="Event-time seconds per wall second (time compression)."
+    )
+    producer_seed: int = Field(default=42, description="Simulator seed.")
+    producer_members: int = Field(default=20_000, ge=10, description="Simulated population.")
+
+    @field_validator("kafka_security_protocol")
+    @classmethod
+    def _known_protocol(cls, value: str) -> str:
+        value = value.upper()
+        if value not in {"PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"}:
+            raise ValueError(f"unknown security protocol {value!r}")
+        return value
+
+    @cached_property
+    def bootstrap(self) -> str:
+        if not self.kafka_bootstrap_servers:
+            raise RuntimeError(
+                "KAFKA_BOOTSTRAP_SERVERS is not set (the demo and tests start a local broker)"
+            )
+        return self.kafka_bootstrap_servers
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Connection options shared by every aiokafka client we create."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_sasl_mechanism:
+            options["sasl_mechanism"] = self.kafka_sasl_mechanism
+            options["sasl_plain_username"] = self.kafka_sasl_username
+            if self.kafka_sasl_password is not None:
+                options["sasl_plain_password"] = self.kafka_sasl_password.get_secret_value()
+        if "SSL" in self.kafka_security_protocol:
+            from aiokafka.helpers import create_ssl_context
+
+            options["ssl_context"] = create_ssl_context(
+                cafile=self.kafka_ssl_cafile,
+                certfile=self.kafka_ssl_certfile,
+                keyfile=self.kafka_ssl_keyfile,
+            )
+        return options

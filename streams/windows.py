@@ -1,0 +1,80 @@
+"""Event-time tumbling windows and the watermark that closes them.
+
+A window ``[start, start + size)`` is identified by its integer start second. The
+watermark of one input partition is ``max event ts seen - allowed lateness``; a window
+is closed for that partition once its end is at or below the watermark. The global
+watermark (what the aggregator closes windows on) is the minimum over all input
+partitions that are not idle; when every partition is idle it moves to the end of the
+window holding the newest event, so the last windows close when traffic stops.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+
+def window_start(ts: float, size: int) -> int:
+    return math.floor(ts / size) * size
+
+
+def window_end(ts: float, size: int) -> int:
+    return window_start(ts, size) + size
+
+
+@dataclass(slots=True)
+class PartitionClock:
+    """Event-time progress of one input partition, as the ingest sees it."""
+
+    lateness: float
+    max_ts: float = -math.inf
+    idle: bool = False
+
+    @property
+    def watermark(self) -> float:
+        return self.max_ts - self.lateness
+
+    def is_late(self, ts: float, size: int) -> bool:
+        """An event whose window already closed for this partition."""
+        return window_end(ts, size) <= self.watermark
+
+    def observe(self, ts: float) -> None:
+        if ts > self.max_ts:
+            self.max_ts = ts
+        self.idle = False
+
+
+@dataclass(frozen=True, slots=True)
+class SourceMark:
+    """What one input partition last reported: its watermark, newest ts and idleness."""
+
+    watermark: float
+    max_ts: float
+    idle: bool
+
+
+@dataclass(slots=True)
+class GlobalWatermark:
+    """Merges the marks of all input partitions into the watermark that closes windows."""
+
+    window_size: int
+    source_count: int = 0
+    marks: dict[int, SourceMark] = field(default_factory=dict)
+    value: float = -math.inf  # monotonic: windows with end <= value are closed
+
+    def update(self, source: int, mark: SourceMark, source_count: int) -> float:
+        self.source_count = max(self.source_count, source_count)
+        self.marks[source] = mark
+        candidate = self._compute()
+        if candidate > self.value:
+            self.value = candidate
+        return self.value
+
+    def _compute(self) -> float:
+        if self.source_count == 0 or len(self.marks) < self.source_count:
+            return -math.inf  # some partition has not reported yet: hold back
+        active = [m.watermark for m in self.marks.values() if not m.idle]
+        if active:
+            return min(active)
+        newest = max(m.max_ts for m in self.marks.values())
+        return window_end(newest, self.window_size) if newest > -math.inf else -math.inf

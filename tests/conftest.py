@@ -1,0 +1,44 @@
+"""Shared fixtures: one Kafka broker per session, fresh topics and app id per test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from streams.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A real broker: KAFKA_BOOTSTRAP_SERVERS if set, else a local one started here."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        return
+    from deploy.local_kafka import LocalKafka
+
+    broker = LocalKafka(Settings().cache_dir).start()
+    try:
+        yield broker.bootstrap_servers
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str) -> Settings:
+    """Settings with throwaway topic names and app id, unique to this test."""
+    run = uuid.uuid4().hex[:8]
+    return Settings(
+        kafka_bootstrap_servers=kafka_bootstrap,
+        app_id=f"mm-test-{run}",
+        worker_id="w0",
+        events_topic=f"t{run}.events",
+        dlq_topic=f"t{run}.events.dlq",
+        partials_topic=f"t{run}.partials",
+        ingest_state_topic=f"t{run}.ingest.state",
+        metrics_topic=f"t{run}.metrics",
+        idle_timeout_seconds=3.0,
+        metrics_port=0,
+    )

@@ -1,0 +1,144 @@
+"""Test harness: the worker as a real process, topic read-back, and /metrics scraping."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+
+from deploy.local_kafka import free_port
+from streams.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def settings_env(settings: Settings, **overrides: Any) -> dict[str, str]:
+    env = dict(os.environ)
+    for name, value in {**settings.model_dump(), **overrides}.items():
+        if value is None:
+            env.pop(name.upper(), None)
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        env[name.upper()] = str(value)
+    return env
+
+
+class WorkerProcess:
+    """``python -m streams worker`` with the test's settings; stopped by PID."""
+
+    def __init__(self, settings: Settings, log_path: Path, **overrides: Any) -> None:
+        self.port = free_port()
+        self.env = settings_env(settings, metrics_port=self.port, **overrides)
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> "WorkerProcess":
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams", "worker"], env=self.env, cwd=ROOT,
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        wait_until(lambda: self._answers(), timeout, f"worker /healthz ({self.log_path})")
+        return self
+
+    def _answers(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.process.returncode}; see {self.log_path}")
+        try:
+            with urllib.request.urlopen(self.url + "/healthz", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        code = self.process.returncode
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def read_topic(settings: Settings, topic: str) -> list[Any]:
+    """Every committed record of a topic, partition by partition in offset order."""
+
+    async def read() -> list[Any]:
+        consumer = AIOKafkaConsumer(
+            isolation_level="read_committed", enable_auto_commit=False,
+            **settings.kafka_client_options(),
+        )
+        await consumer.start()
+        try:
+            partitions = sorted(consumer.partitions_for_topic(topic) or ())
+            if not partitions:
+                await consumer._client.force_metadata_update()  # noqa: SLF001
+                partitions = sorted(consumer.partitions_for_topic(topic) or ())
+            tps = [TopicPartition(topic, p) for p in partitions]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            out: dict[int, list[Any]] = {p: [] for p in partitions}
+            remaining = {tp for tp in tps if ends[tp] > 0}
+            while remaining:
+                batch = await consumer.getmany(*remaining, timeout_ms=1000)
+                for tp, messages in batch.items():
+                    out[tp.partition].extend(messages)
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+            return [m for p in partitions for m in out[p]]
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())

@@ -18,6 +18,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
+
+from aiokafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +100,10 @@ class LocalKafka:
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.voters=1@{self.host}:{self.controller_port}",
-                f"listeners=PLAINTEXT://{self.host}:{self.port},"
-                f"CONTROLLER://{self.host}:{self.controller_port}",
+                (
+                    f"listeners=PLAINTEXT://{self.host}:{self.port},"
+                    f"CONTROLLER://{self.host}:{self.controller_port}"
+                ),
                 f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
                 "controller.listener.names=CONTROLLER",
                 "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
@@ -119,7 +124,7 @@ class LocalKafka:
             ]
         ) + "\n"
 
-    def start(self, timeout: float = 90.0) -> "LocalKafka":
+    def start(self, timeout: float = 90.0) -> Self:
         if self.process is not None:
             return self
         jars = resolve_jars(self.cache_dir)
@@ -138,12 +143,11 @@ class LocalKafka:
                 [*base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
                 check=True, stdout=subprocess.DEVNULL,
             )
-        log_file = open(self.data_dir / "broker.log", "ab")
-        self.process = subprocess.Popen(
-            [*base, "kafka.Kafka", str(config)],
-            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        log_file.close()
+        with open(self.data_dir / "broker.log", "ab") as log_file:
+            self.process = subprocess.Popen(
+                [*base, "kafka.Kafka", str(config)],
+                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         log.info("started Kafka %s (pid %d) on %s", kafka_version(), self.pid,
                  self.bootstrap_servers)
         try:
@@ -155,8 +159,9 @@ class LocalKafka:
 
     def _wait_ready(self, timeout: float) -> None:
         """Wait until the broker answers a metadata request."""
-        from aiokafka.admin import AIOKafkaAdminClient
         import asyncio
+
+        from aiokafka.admin import AIOKafkaAdminClient
 
         async def probe() -> None:
             admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
@@ -177,7 +182,7 @@ class LocalKafka:
                     pass
                 asyncio.run(probe())
                 return
-            except Exception:
+            except (OSError, KafkaError):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"Kafka did not answer within {timeout}s")
                 time.sleep(0.5)
@@ -205,7 +210,7 @@ class LocalKafka:
         self._own_data_dir = own
         self.start()
 
-    def __enter__(self) -> "LocalKafka":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -50,12 +50,15 @@ class Worker:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.metrics = PipelineMetrics(self.registry)
+        (settings.cache_dir / "faust").mkdir(parents=True, exist_ok=True)
         brokers = [f"{faust_transport.SCHEME}://{h}" for h in settings.bootstrap.split(",")]
         self.app = faust.App(
             settings.app_id,
             broker=brokers,
             broker_credentials=_credentials(settings),
             store="memory://",
+            # Faust wants a data directory even for in-memory tables; not the cwd
+            datadir=str(settings.cache_dir / "faust" / "{conf.name}-data"),
             topic_partitions=settings.partials_partitions,
             topic_replication_factor=1,
             topic_allow_declare=True,

@@ -15,11 +15,25 @@ from typing import Any
 from prometheus_client.core import GaugeHistogramMetricFamily, GaugeMetricFamily, Metric
 
 from streams.events import (
-    CHANNELS, CONTENT_TYPES, ENTRY_POINTS, PLATFORMS, SENDER_TYPES, SPAM_REASONS,
+    CHANNELS,
+    CONTENT_TYPES,
+    ENTRY_POINTS,
+    PLATFORMS,
+    SENDER_TYPES,
+    SPAM_REASONS,
 )
 from streams.partials import (
-    BLOCK, FIRST_REPLY, LATENCY_BOUNDS_SECONDS, LATENCY_BUCKET, LATENCY_SUM_MS, READ,
-    SENT, SPAM, STARTED, UNKNOWN_CHANNEL, Key,
+    BLOCK,
+    FIRST_REPLY,
+    LATENCY_BOUNDS_SECONDS,
+    LATENCY_BUCKET,
+    LATENCY_SUM_MS,
+    READ,
+    SENT,
+    SPAM,
+    STARTED,
+    UNKNOWN_CHANNEL,
+    Key,
 )
 
 WINDOW_END = "messaging_window_end_timestamp_seconds"

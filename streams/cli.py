@@ -35,7 +35,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _stop_ingest_first(worker: "object") -> object:
+def _stop_ingest_first(worker: object) -> object:
     async def on_before_shutdown(app: object, **kwargs: object) -> None:
         # finish and commit the batch in flight before Faust tears the loop down
         await worker.stop_ingest()  # type: ignore[attr-defined]
@@ -47,6 +47,10 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     from producers import cli as producer_cli
 
     _setup_logging(settings)
+    if args.sink == "kafka":
+        from streams.kafka_io import ensure_topics
+
+        asyncio.run(ensure_topics(settings))
     return asyncio.run(producer_cli.main(args, settings))
 
 
@@ -83,12 +87,9 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("worker", help="run the stream worker (ingest + aggregate + /metrics)")
     produce = sub.add_parser("produce", help="run the synthetic event producer")
-    try:  # TEMP until producers.cli lands
-        from producers import cli as producer_cli
+    from producers import cli as producer_cli
 
-        producer_cli.add_arguments(produce, settings)
-    except ImportError:
-        pass
+    producer_cli.add_arguments(produce, settings)
     demo = sub.add_parser(
         "demo", help="start a local broker if needed, the worker and the producer, "
         "and show a live view; Ctrl-C stops everything"

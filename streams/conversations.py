@@ -14,8 +14,18 @@ from typing import Any
 import orjson
 
 from streams.partials import (
-    BLOCK, EVENTS, FIRST_REPLY, LATENCY_BUCKET, LATENCY_SUM_MS, READ, SENT, SPAM,
-    STARTED, UNKNOWN_CHANNEL, Partial, latency_bucket,
+    BLOCK,
+    EVENTS,
+    FIRST_REPLY,
+    LATENCY_BUCKET,
+    LATENCY_SUM_MS,
+    READ,
+    SENT,
+    SPAM,
+    STARTED,
+    UNKNOWN_CHANNEL,
+    Partial,
+    latency_bucket,
 )
 from streams.windows import PartitionClock, window_start
 
@@ -34,7 +44,7 @@ class Conversation:
         )
 
     @classmethod
-    def loads(cls, raw: bytes) -> "Conversation":
+    def loads(cls, raw: bytes) -> Conversation:
         started_at, starter, recipient, channel, replied = orjson.loads(raw)
         return cls(started_at, starter, recipient, channel, replied)
 

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 from streams.catalogue import window_families
 from streams.owner import OwnerState
-from streams.partials import merge_into, Partial
+from streams.partials import Partial, merge_into
 
 
 class WindowCollector(Collector):

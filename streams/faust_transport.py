@@ -22,7 +22,7 @@ class ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         # aiokafka reads this at start(); Faust offers no setting for it.
-        consumer._isolation_level = "read_committed"  # noqa: SLF001
+        consumer._isolation_level = "read_committed"
         return consumer
 
 

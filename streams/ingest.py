@@ -62,6 +62,7 @@ class IngestStage(ConsumerRebalanceListener):
         self._next_offsets: dict[TopicPartition, int] = {}
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._started = False
         self._options = settings.kafka_client_options()
         self.consumer: AIOKafkaConsumer
         self.producer: AIOKafkaProducer
@@ -93,18 +94,21 @@ class IngestStage(ConsumerRebalanceListener):
         await self.consumer.start()
         partitions = self.consumer.partitions_for_topic(self.settings.events_topic)
         if not partitions:
-            await self.consumer._client.force_metadata_update()  # noqa: SLF001 (no public API)
+            await self.consumer._client.force_metadata_update()
             partitions = self.consumer.partitions_for_topic(self.settings.events_topic)
         self.source_count = len(partitions or ())
         self.consumer.subscribe([self.settings.events_topic], listener=self)
+        self._started = True
         log.info("ingest started: %d input partitions, group %s", self.source_count,
                  self.group_id)
 
     async def stop(self) -> None:
         self._stopping.set()
         async with self._lock:
-            await self.consumer.stop()
-            await self.producer.stop()
+            if self._started:
+                await self.consumer.stop()
+                await self.producer.stop()
+                self._started = False
 
     async def run(self) -> None:
         while not self._stopping.is_set():

@@ -136,7 +136,7 @@ class OwnerState:
         )
 
     @classmethod
-    def loads(cls, raw: bytes) -> "OwnerState":
+    def loads(cls, raw: bytes) -> OwnerState:
         data = orjson.loads(raw)
         state = cls(data["owner"], data["window_size"])
         state.windows = {

@@ -8,8 +8,8 @@ keeps the two in step.
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator

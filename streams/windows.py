@@ -39,8 +39,7 @@ class PartitionClock:
         return window_end(ts, size) <= self.watermark
 
     def observe(self, ts: float) -> None:
-        if ts > self.max_ts:
-            self.max_ts = ts
+        self.max_ts = max(self.max_ts, ts)
         self.idle = False
 
 
@@ -66,8 +65,7 @@ class GlobalWatermark:
         self.source_count = max(self.source_count, source_count)
         self.marks[source] = mark
         candidate = self._compute()
-        if candidate > self.value:
-            self.value = candidate
+        self.value = max(self.value, candidate)
         return self.value
 
     def _compute(self) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import Iterator
@@ -27,10 +28,13 @@ def kafka_bootstrap() -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(kafka_bootstrap: str) -> Settings:
-    """Settings with throwaway topic names and app id, unique to this test."""
+def settings(kafka_bootstrap: str, tmp_path) -> Iterator[Settings]:
+    """Settings with throwaway topic names and app id, unique to this test.
+
+    The test's topics (and the Faust changelogs of its app id) are deleted afterwards.
+    """
     run = uuid.uuid4().hex[:8]
-    return Settings(
+    test_settings = Settings(
         kafka_bootstrap_servers=kafka_bootstrap,
         app_id=f"mm-test-{run}",
         worker_id="w0",
@@ -41,4 +45,20 @@ def settings(kafka_bootstrap: str) -> Settings:
         metrics_topic=f"t{run}.metrics",
         idle_timeout_seconds=3.0,
         metrics_port=0,
+        cache_dir=tmp_path / "cache",
     )
+    yield test_settings
+    asyncio.run(_delete_topics(test_settings, prefixes=(f"t{run}.", f"mm-test-{run}")))
+
+
+async def _delete_topics(settings: Settings, prefixes: tuple[str, ...]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**settings.kafka_client_options())
+    await admin.start()
+    try:
+        doomed = [t for t in await admin.list_topics() if t.startswith(prefixes)]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()

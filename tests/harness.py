@@ -49,13 +49,12 @@ class WorkerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> "WorkerProcess":
-        log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "streams", "worker"], env=self.env, cwd=ROOT,
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
+    def start(self, timeout: float = 60.0) -> WorkerProcess:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streams", "worker"], env=self.env, cwd=ROOT,
+                stdout=log, stderr=subprocess.STDOUT,
+            )
         wait_until(lambda: self._answers(), timeout, f"worker /healthz ({self.log_path})")
         return self
 
@@ -122,7 +121,7 @@ def read_topic(settings: Settings, topic: str) -> list[Any]:
         try:
             partitions = sorted(consumer.partitions_for_topic(topic) or ())
             if not partitions:
-                await consumer._client.force_metadata_update()  # noqa: SLF001
+                await consumer._client.force_metadata_update()
                 partitions = sorted(consumer.partitions_for_topic(topic) or ())
             tps = [TopicPartition(topic, p) for p in partitions]
             consumer.assign(tps)

@@ -13,7 +13,12 @@ from itertools import product
 from typing import Any
 
 from streams.events import (
-    CHANNELS, CONTENT_TYPES, ENTRY_POINTS, PLATFORMS, SENDER_TYPES, SPAM_REASONS,
+    CHANNELS,
+    CONTENT_TYPES,
+    ENTRY_POINTS,
+    PLATFORMS,
+    SENDER_TYPES,
+    SPAM_REASONS,
 )
 from streams.partials import LATENCY_BOUNDS_SECONDS
 

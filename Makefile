@@ -1,0 +1,36 @@
+# One entry point per task. `make demo` and `make test` install what is missing first.
+UV_VERSION := 0.13.8
+SYNCED := .venv/.synced
+
+.PHONY: install demo test test-unit lint worker produce kafka clean
+
+$(SYNCED): pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --progress-bar on "uv==$(UV_VERSION)"
+	uv sync --frozen
+	@touch $@
+
+install: $(SYNCED)
+
+demo: $(SYNCED)  ## broker (if needed) + worker + producer + live view; Ctrl-C stops all
+	.venv/bin/messaging-metrics demo
+
+test: $(SYNCED)  ## the whole suite: unit, then integration on a real local broker
+	.venv/bin/pytest
+
+test-unit: $(SYNCED)
+	.venv/bin/pytest tests/unit
+
+lint: $(SYNCED)
+	.venv/bin/ruff check streams producers deploy tests
+
+worker: $(SYNCED)
+	.venv/bin/messaging-metrics worker
+
+produce: $(SYNCED)
+	.venv/bin/messaging-metrics produce
+
+kafka: $(SYNCED)
+	.venv/bin/messaging-metrics kafka
+
+clean:
+	rm -rf .venv .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,155 @@
+"""Command-line wiring of the producer: options (falling back to settings) and main()."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import logging
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from aiokafka.errors import KafkaError
+
+from producers.run import run_producer
+from producers.sinks import JsonlSink, KafkaSink, Sink
+
+if TYPE_CHECKING:
+    from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def parse_start_ts(text: str) -> float:
+    """Epoch seconds, or an ISO 8601 time (UTC unless it says otherwise)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not epoch seconds or an ISO 8601 time: {text!r}"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def add_arguments(parser: argparse.ArgumentParser, settings: Settings) -> None:
+    """Producer options; each falls back to a setting (and its environment variable)."""
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=settings.producer_rate,
+        help="events per wall second, 0 = as fast as possible "
+        "(default %(default)s, env PRODUCER_RATE)",
+    )
+    parser.add_argument(
+        "--speed",
+        type=float,
+        default=settings.producer_speed,
+        help="event-time seconds per wall second; conversation starts arrive every "
+        "speed/rate event seconds on average (default %(default)s, env PRODUCER_SPEED)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=settings.producer_seed,
+        help="simulator seed; same seed, same events (default %(default)s, env PRODUCER_SEED)",
+    )
+    parser.add_argument(
+        "--members",
+        type=int,
+        default=settings.producer_members,
+        help="simulated accounts (default %(default)s, env PRODUCER_MEMBERS)",
+    )
+    parser.add_argument(
+        "--events",
+        type=int,
+        default=None,
+        help="stop after this many events (default: run until --duration or interrupted)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many wall seconds (default: no limit)",
+    )
+    parser.add_argument(
+        "--start-ts",
+        type=parse_start_ts,
+        default=None,
+        help="event time of the start, epoch seconds or ISO 8601 (default: now)",
+    )
+    parser.add_argument(
+        "--sink",
+        choices=("kafka", "jsonl"),
+        default="kafka",
+        help="where events go (default %(default)s)",
+    )
+    parser.add_argument(
+        "--output",
+        metavar="PATH",
+        default="events.jsonl",
+        help="file written by --sink jsonl (default %(default)s)",
+    )
+    parser.add_argument(
+        "--topic",
+        default=settings.events_topic,
+        help="topic written by --sink kafka (default %(default)s, env EVENTS_TOPIC)",
+    )
+
+
+async def main(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the producer; SIGINT/SIGTERM stop it cleanly (flushed, reported)."""
+    sink: Sink
+    try:
+        sink = JsonlSink(args.output) if args.sink == "jsonl" else KafkaSink(settings, args.topic)
+    except OSError as exc:
+        log.error("cannot open the sink: %s", exc)
+        return 1
+    removers = _stop_on_signals()
+    try:
+        report = await run_producer(
+            settings,
+            sink=sink,
+            events=args.events,
+            duration=args.duration,
+            rate=args.rate,
+            speed=args.speed,
+            seed=args.seed,
+            start_ts=args.start_ts,
+            members=getattr(args, "members", None),
+        )
+    except (KafkaError, RuntimeError, OSError) as exc:
+        log.error("producer failed: %s", exc)
+        return 1
+    finally:
+        for remove in removers:
+            remove()
+    log.info(
+        "produced %d events in %.1f s: %.0f events/s",
+        report.events_sent,
+        report.elapsed_seconds,
+        report.events_per_second,
+    )
+    return 0
+
+
+def _stop_on_signals() -> list[Callable[[], object]]:
+    """Cancel the current task on SIGINT/SIGTERM (where the loop supports it)."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    removers: list[Callable[[], object]] = []
+    if task is None:
+        return removers
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, task.cancel)
+        except (NotImplementedError, RuntimeError, ValueError):
+            continue
+        removers.append(functools.partial(loop.remove_signal_handler, sig))
+    return removers

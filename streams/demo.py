@@ -1,0 +1,124 @@
+"""``messaging-metrics demo``: everything in one command, stopped by Ctrl-C.
+
+Starts what is missing (a local Kafka broker unless KAFKA_BOOTSTRAP_SERVERS is set),
+then the worker and the producer as child processes, and shows the live view. On
+Ctrl-C, SIGTERM or ``--duration`` it stops every process it started, by PID.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+from types import FrameType
+
+from rich.console import Console
+from rich.live import Live
+
+from deploy.local_kafka import LocalKafka, free_port
+from streams.live_view import LiveView, snapshot
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop()
+
+
+class Child:
+    """A child process with its output in a log file; stopped by PID."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        with open(self.log_path, "wb") as out:
+            self.process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
+        log.info("started %s (pid %d), log %s", name, self.process.pid, self.log_path)
+
+    def check(self) -> None:
+        code = self.process.poll()
+        if code is not None:
+            raise RuntimeError(f"{self.name} exited with {code}; see {self.log_path}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        log.info("stopped %s (pid %d, exit %s)", self.name, self.process.pid,
+                 self.process.returncode)
+
+
+def _child_env(settings: Settings, **overrides: str) -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env.update({key.upper(): value for key, value in overrides.items()})
+    return env
+
+
+def _scrape(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.read().decode()
+    except OSError:
+        return None
+
+
+def run_demo(settings: Settings, duration: float | None = None) -> int:
+    console = Console()
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    log_dir = Path(tempfile.mkdtemp(prefix="messaging-metrics-demo-"))
+    deadline = None if duration is None else time.monotonic() + duration
+    with ExitStack() as stack:
+        try:
+            bootstrap = settings.kafka_bootstrap_servers
+            if not bootstrap:
+                console.print("[bold]Starting a local Kafka broker[/] (the first run downloads "
+                              "its jars with Maven: progress below)")
+                broker = LocalKafka(settings.cache_dir).start()
+                stack.callback(broker.stop)
+                bootstrap = broker.bootstrap_servers
+            port = settings.metrics_port or free_port()
+            env = _child_env(settings, kafka_bootstrap_servers=bootstrap, metrics_port=str(port))
+            worker = Child("worker", [sys.executable, "-m", "streams", "worker"], env, log_dir)
+            stack.callback(worker.stop)
+            producer = Child("producer", [sys.executable, "-m", "streams", "produce"], env, log_dir)
+            stack.callback(producer.stop)
+            console.print(f"worker /metrics: http://{settings.metrics_host}:{port}/metrics; "
+                          f"logs in {log_dir}. Ctrl-C stops everything.")
+            view = LiveView()
+            url = f"http://127.0.0.1:{port}/metrics"
+            with Live(view.render(), console=console, refresh_per_second=2) as live:
+                while deadline is None or time.monotonic() < deadline:
+                    worker.check()
+                    producer.check()
+                    text = _scrape(url)
+                    if text is not None:
+                        view.update(snapshot(text))
+                        view.status = f"Kafka {bootstrap} | worker pid {worker.process.pid} | " \
+                                      f"producer pid {producer.process.pid} | Ctrl-C to stop"
+                    else:
+                        view.status = "waiting for the worker's /metrics ..."
+                    live.update(view.render())
+                    time.sleep(1.0)
+        except (KeyboardInterrupt, _Stop):
+            console.print("stopping ...")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    console.print("stopped: no process left running")
+    return 0

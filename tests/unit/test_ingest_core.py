@@ -1,0 +1,77 @@
+"""The ingest core: first replies and their latency, channel of spam reports, lateness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams.conversations import Conversation, PartitionCore
+from streams.partials import Partial
+
+T0 = 1_790_000_040.0  # a 60 s window boundary
+
+
+def sent(ts: float, sender: str, recipient: str, first: bool, channel: str = "inmail",
+         cid: str = "c-1") -> dict[str, Any]:
+    return {"type": "message_sent", "ts": ts, "conversation_id": cid, "sender_id": sender,
+            "recipient_id": recipient, "sender_type": "recruiter", "channel": channel,
+            "content_type": "text", "platform": "web", "entry_point": "search",
+            "first_in_conversation": first}
+
+
+def run(core: PartitionCore, events: list[dict[str, Any]]) -> tuple[dict[int, Partial], set[str]]:
+    windows: dict[int, Partial] = {}
+    touched: set[str] = set()
+    for event in events:
+        core.add(event, windows, touched)
+    return windows, touched
+
+
+def test_first_reply_is_the_recipients_first_message_and_only_that() -> None:
+    core = PartitionCore(window_size=60, lateness=30)
+    windows, touched = run(core, [
+        sent(T0 + 1, "a", "b", True),
+        sent(T0 + 5, "a", "b", False),  # a follow-up from the starter: not a reply
+        sent(T0 + 61.5, "b", "a", False),  # the first reply, 60.5 s later
+        sent(T0 + 70, "b", "a", False),  # a second reply: not a first reply
+    ])
+    assert touched == {"c-1"}
+    assert windows[T0][("started", "web", "inmail", "search")] == 1
+    assert ("first_reply", "inmail") not in windows[T0]
+    later = windows[T0 + 60]
+    assert later[("first_reply", "inmail")] == 1
+    assert later[("latency_sum_ms", "inmail")] == 60_500
+    assert later[("latency_bucket", "inmail", "1")] == 1  # (60 s, 300 s]
+    assert later[("sent", "web", "inmail", "recruiter", "text")] == 2
+    assert core.conversations["c-1"].replied
+
+
+def test_reply_to_an_unknown_conversation_is_a_message_not_a_reply() -> None:
+    core = PartitionCore(window_size=60, lateness=30)
+    windows, _ = run(core, [sent(T0 + 1, "b", "a", False)])
+    assert ("first_reply", "inmail") not in windows[T0]
+
+
+def test_spam_report_takes_the_conversations_channel() -> None:
+    core = PartitionCore(window_size=60, lateness=30)
+    report = {"type": "spam_reported", "ts": T0 + 3, "conversation_id": "c-1",
+              "reason": "scam", "platform": "ios"}
+    orphan = {**report, "conversation_id": "c-9"}
+    windows, _ = run(core, [sent(T0 + 1, "a", "b", True, channel="sponsored"), report, orphan])
+    assert windows[T0][("spam", "sponsored", "scam")] == 1
+    assert windows[T0][("spam", "unknown", "scam")] == 1
+
+
+def test_late_events_update_state_but_are_not_counted() -> None:
+    core = PartitionCore(window_size=60, lateness=10)
+    windows: dict[int, Partial] = {}
+    touched: set[str] = set()
+    assert core.add(sent(T0 + 100, "x", "y", True, cid="c-2"), windows, touched)
+    # T0+1 is in [T0, T0+60), which closed when the watermark reached T0+90
+    assert not core.add(sent(T0 + 1, "a", "b", True), windows, touched)
+    assert T0 not in windows
+    assert "c-1" in core.conversations
+
+
+def test_conversation_state_round_trips() -> None:
+    conversation = Conversation(T0, "a", "b", "connection", True)
+    assert Conversation.loads(conversation.dumps()) == conversation

@@ -1,0 +1,167 @@
+"""run_producer and the CLI, writing JSON lines (no broker)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from producers.cli import add_arguments, main, parse_start_ts
+from producers.profile import SimulationProfile
+from producers.run import ProduceReport, run_producer
+from producers.simulator import Simulator
+from producers.sinks import JsonlSink
+from streams.settings import Settings
+
+START = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+SETTINGS = Settings(producer_members=2000)
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def produce(path: Path, **kwargs: Any) -> ProduceReport:
+    options: dict[str, Any] = {
+        "events": None,
+        "duration": None,
+        "rate": 0.0,
+        "speed": 60.0,
+        "seed": 1,
+        "start_ts": START,
+    }
+    options.update(kwargs)
+    return asyncio.run(run_producer(SETTINGS, sink=JsonlSink(path), **options))
+
+
+def test_as_fast_as_possible_for_a_count(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    report = produce(path, events=5000)
+    events = read(path)
+    assert len(events) == report.events_sent == 5000
+    assert report.first_ts == events[0]["ts"] >= START
+    assert report.last_ts == events[-1]["ts"]
+    assert report.events_per_second > 0 and not report.cancelled
+
+
+def test_paced_run_takes_count_over_rate_seconds(tmp_path: Path) -> None:
+    report = produce(tmp_path / "out.jsonl", events=600, rate=2000.0)
+    assert report.events_sent == 600
+    assert 0.25 <= report.elapsed_seconds < 1.5
+
+
+def test_duration_bounds_a_run(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    report = produce(path, duration=0.3, rate=1000.0)
+    assert 0.28 <= report.elapsed_seconds < 1.0
+    assert 150 <= report.events_sent <= 400
+    assert len(read(path)) == report.events_sent
+
+
+def test_cancellation_flushes_and_reports(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+
+    async def go() -> ProduceReport:
+        task = asyncio.create_task(
+            run_producer(
+                SETTINGS,
+                sink=JsonlSink(path),
+                events=None,
+                duration=None,
+                rate=500.0,
+                speed=60.0,
+                seed=1,
+                start_ts=START,
+            )
+        )
+        await asyncio.sleep(0.2)
+        task.cancel()
+        return await task
+
+    report = asyncio.run(go())
+    assert report.cancelled
+    assert report.events_sent == len(read(path)) > 0
+
+
+def test_start_ts_defaults_to_the_clock_and_progress_is_reported(tmp_path: Path) -> None:
+    seen: list[ProduceReport] = []
+    sink = JsonlSink(tmp_path / "out.jsonl")
+    report = asyncio.run(
+        run_producer(
+            SETTINGS,
+            sink=sink,
+            events=12_000,
+            duration=None,
+            rate=0.0,
+            speed=60.0,
+            seed=1,
+            start_ts=None,
+            progress=seen.append,
+            clock=lambda: START,
+        )
+    )
+    assert report.first_ts is not None and START <= report.first_ts < START + 60
+    assert [r.events_sent for r in seen] == [5000, 10_000, 12_000]
+
+
+def test_the_file_is_the_simulator_output(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    produce(path, events=3000, rate=20_000.0, seed=9)  # paced, in many chunks
+    sim = Simulator(
+        SimulationProfile(), seed=9, start_ts=START, rate=20_000.0, speed=60.0, members=2000
+    )
+    assert read(path) == list(islice(sim.events(), 3000))
+
+
+def parser() -> argparse.ArgumentParser:
+    result = argparse.ArgumentParser()
+    add_arguments(result, Settings(producer_rate=123.0, events_topic="x.events"))
+    return result
+
+
+def test_cli_defaults_come_from_settings_and_help_names_the_env_vars() -> None:
+    args = parser().parse_args([])
+    assert (args.rate, args.topic, args.sink, args.events) == (123.0, "x.events", "kafka", None)
+    text = parser().format_help()
+    for env in ("PRODUCER_RATE", "PRODUCER_SPEED", "PRODUCER_SEED", "EVENTS_TOPIC"):
+        assert env in text
+
+
+def test_start_ts_accepts_epoch_and_iso() -> None:
+    assert parse_start_ts("1767225600") == START
+    assert parse_start_ts("2026-01-01T00:00:00") == START
+    assert parse_start_ts("2026-01-01T01:00:00+01:00") == START
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_start_ts("yesterday")
+
+
+def test_cli_main_writes_jsonl_and_logs_the_summary(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "cli.jsonl"
+    args = parser().parse_args(
+        [
+            "--sink",
+            "jsonl",
+            "--output",
+            str(path),
+            "--events",
+            "700",
+            "--rate",
+            "0",
+            "--start-ts",
+            "2026-01-01T00:00:00Z",
+            "--members",
+            "500",
+        ]
+    )
+    with caplog.at_level(logging.INFO, logger="producers"):
+        assert asyncio.run(main(args, SETTINGS)) == 0
+    assert len(read(path)) == 700
+    assert any(r.getMessage().startswith("produced 700 events in") for r in caplog.records)

@@ -22,6 +22,7 @@ from streams.events import (
     SENDER_TYPES,
     SPAM_REASONS,
 )
+from streams.partials import ACTIVE_SENDERS as ACTIVE_SENDER_KEY
 from streams.partials import (
     BLOCK,
     FIRST_REPLY,
@@ -37,6 +38,7 @@ from streams.partials import (
 )
 
 WINDOW_END = "messaging_window_end_timestamp_seconds"
+ACTIVE_SENDERS = "messaging_active_senders"
 
 # (metric name, help, counter key prefix, label names, label value enumerations)
 COUNT_GAUGES: tuple[tuple[str, str, str, tuple[str, ...], tuple[tuple[str, ...], ...]], ...] = (
@@ -79,6 +81,11 @@ def window_families(counts: Mapping[Key, int], window_end: float | None) -> Iter
         total_seconds = counts.get((LATENCY_SUM_MS, channel), 0) / 1000
         latency.add_metric([channel], buckets, total_seconds)
     yield latency
+    active = GaugeMetricFamily(
+        ACTIVE_SENDERS, "Distinct senders in the last closed window (CPC sketch estimate)."
+    )
+    active.add_metric([], counts.get((ACTIVE_SENDER_KEY,), 0))
+    yield active
     if window_end is not None:
         end = GaugeMetricFamily(WINDOW_END, "Event-time end of the last closed window.")
         end.add_metric([], window_end)

@@ -50,6 +50,15 @@ class Conversation:
 
 
 @dataclass(slots=True)
+class BatchWindows:
+    """What one batch of one partition adds: counts and distinct senders per window."""
+
+    counts: dict[int, Partial] = field(default_factory=dict)
+    senders: dict[int, set[str]] = field(default_factory=dict)
+    touched: set[str] = field(default_factory=set)  # conversations whose state changed
+
+
+@dataclass(slots=True)
 class PartitionCore:
     """State and counting for one input partition."""
 
@@ -61,8 +70,9 @@ class PartitionCore:
     def __post_init__(self) -> None:
         self.clock = PartitionClock(self.lateness)
 
-    def add(self, event: dict[str, Any], windows: dict[int, Partial], touched: set[str]) -> bool:
+    def add(self, event: dict[str, Any], batch: BatchWindows) -> bool:
         """Apply one valid event; count it unless it is late. Returns False when late."""
+        windows, touched = batch.counts, batch.touched
         ts = event["ts"]
         late = self.clock.is_late(ts, self.window_size)
         self.clock.observe(ts)
@@ -80,6 +90,10 @@ class PartitionCore:
             if counts is not None:
                 key = (SENT, event["platform"], channel, event["sender_type"], event["content_type"])
                 counts[key] = counts.get(key, 0) + 1
+                senders = batch.senders.get(start)
+                if senders is None:
+                    senders = batch.senders[start] = set()
+                senders.add(event["sender_id"])
             if event["first_in_conversation"]:
                 if counts is not None:
                     key = (STARTED, event["platform"], channel, event["entry_point"])

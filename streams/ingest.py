@@ -23,10 +23,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
-from streams.conversations import Conversation, PartitionCore
+from streams import distinct
+from streams.conversations import BatchWindows, Conversation, PartitionCore
 from streams.events import decode, validate
 from streams.kafka_io import BatchWriter, partition_for
-from streams.partials import Partial, encode, split_by_segment
+from streams.partials import GLOBAL_SEGMENT, encode, split_by_segment
 from streams.pipeline_metrics import PipelineMetrics
 from streams.settings import Settings
 from streams.windows import window_start
@@ -203,8 +204,7 @@ class IngestStage(ConsumerRebalanceListener):
     ) -> None:
         settings = self.settings
         core = partition.core
-        windows: dict[int, Partial] = {}
-        touched: set[str] = set()
+        batch = BatchWindows()
         processed = out.processed
         for message in messages:
             event, rejection = decode(message.value, settings.max_event_bytes)
@@ -221,7 +221,7 @@ class IngestStage(ConsumerRebalanceListener):
                     ],
                 )
                 continue
-            if core.add(event, windows, touched):
+            if core.add(event, batch):
                 kind = event["type"]
                 processed[kind] = processed.get(kind, 0) + 1
             else:
@@ -231,22 +231,27 @@ class IngestStage(ConsumerRebalanceListener):
         out.offsets[tp] = self._next_offsets[tp] = last_offset + 1
         writer = out.writer
         by_segment: dict[str, dict[str, dict[str, int]]] = {}
-        for start, counts in windows.items():
+        for start, counts in batch.counts.items():
             for segment, part in split_by_segment(counts).items():
                 by_segment.setdefault(segment, {})[str(start)] = encode(part)
         for segment, segment_windows in by_segment.items():
             key = segment.encode()
-            record = {
+            record: dict[str, Any] = {
                 "kind": "partial", "segment": segment, "source": tp.partition,
                 "offset": last_offset, "windows": segment_windows,
             }
+            if segment == GLOBAL_SEGMENT and batch.senders:
+                record["senders"] = {
+                    str(start): distinct.to_text(distinct.sketch_of(ids))
+                    for start, ids in batch.senders.items()
+                }
             await writer.add(
                 settings.partials_topic, partition_for(key, settings.partials_partitions),
                 key, orjson.dumps(record),
             )
         state_topic = settings.ingest_state_topic
         conversations = core.conversations
-        for conversation_id in touched:
+        for conversation_id in batch.touched:
             await writer.add(
                 state_topic, tp.partition, conversation_id.encode(),
                 conversations[conversation_id].dumps(),

@@ -18,8 +18,18 @@ from typing import Any
 
 import orjson
 
+from streams import distinct
 from streams.catalogue import window_samples
-from streams.partials import EVENTS, Partial, decode, encode, merge_into, merged
+from streams.partials import (
+    ACTIVE_SENDERS,
+    EVENTS,
+    GLOBAL_SEGMENT,
+    Partial,
+    decode,
+    encode,
+    merge_into,
+    merged,
+)
 from streams.windows import GlobalWatermark, SourceMark
 
 RECENT_WINDOWS = 5  # closed windows kept for /metrics (a scrape may trail a close)
@@ -51,6 +61,7 @@ class OwnerState:
     windows: dict[int, dict[str, Partial]] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
     watermark: GlobalWatermark = field(init=False)
+    senders: dict[int, bytes] = field(default_factory=dict)  # window -> merged sketch
     recent: dict[int, Partial] = field(default_factory=dict)
     late_events: int = 0
     duplicates: int = 0
@@ -82,6 +93,13 @@ class OwnerState:
                 continue
             window = self.windows.setdefault(start, {})
             merge_into(window.setdefault(segment, {}), counts)
+            sketch = record.get("senders", {}).get(start_text)
+            if sketch is not None:
+                previous = self.senders.get(start)
+                incoming = distinct.from_text(sketch)
+                self.senders[start] = distinct.union(
+                    [incoming] if previous is None else [previous, incoming]
+                )
 
     def apply_mark(self, record: dict[str, Any]) -> list[ClosedWindow]:
         mark = SourceMark(
@@ -92,6 +110,10 @@ class OwnerState:
         closed = []
         for start in closing:
             segments = self.windows.pop(start)
+            sketch = self.senders.pop(start, None)
+            if sketch is not None:
+                everyone = segments.setdefault(GLOBAL_SEGMENT, {})
+                everyone[(ACTIVE_SENDERS,)] = distinct.estimate(sketch)
             closed.append(ClosedWindow(self.owner, start, start + self.window_size, segments))
             self.recent[start] = merged(segments.values())
         if closing and len(self.recent) > RECENT_WINDOWS:
@@ -122,6 +144,7 @@ class OwnerState:
                     str(s): {seg: encode(p) for seg, p in segs.items()}
                     for s, segs in self.windows.items()
                 },
+                "senders": {str(s): distinct.to_text(raw) for s, raw in self.senders.items()},
                 "applied": self.applied,
                 "sources": wm.source_count,
                 "marks": {
@@ -143,6 +166,7 @@ class OwnerState:
             int(s): {seg: decode(p) for seg, p in segs.items()}
             for s, segs in data["windows"].items()
         }
+        state.senders = {int(s): distinct.from_text(t) for s, t in data["senders"].items()}
         state.applied = data["applied"]
         state.watermark.source_count = data["sources"]
         state.watermark.marks = {

@@ -27,6 +27,7 @@ READ: Final = "read"  # platform
 SPAM: Final = "spam"  # channel (of the reported conversation), reason
 BLOCK: Final = "block"  # platform
 EVENTS: Final = "events"  # type: every accepted event, used to count late ones
+ACTIVE_SENDERS: Final = "active_senders"  # no labels: the window's distinct-sender estimate
 
 # First-reply latency bucket upper bounds in seconds: a minute to a week.
 LATENCY_BOUNDS_SECONDS: Final = (

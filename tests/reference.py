@@ -20,6 +20,7 @@ from streams.events import (
     SENDER_TYPES,
     SPAM_REASONS,
 )
+from streams import distinct
 from streams.partials import LATENCY_BOUNDS_SECONDS
 
 SampleKey = tuple[str, frozenset[tuple[str, str]]]
@@ -35,6 +36,7 @@ def recount(partitions: dict[int, list[dict[str, Any]]], window: int) -> dict[in
             t = tallies[start]
             conv = conversations.get(e["conversation_id"])
             if e["type"] == "message_sent":
+                t.setdefault("senders", set()).add(e["sender_id"])
                 t[("sent", e["platform"], e["channel"], e["sender_type"], e["content_type"])] += 1
                 if e["first_in_conversation"]:
                     t[("started", e["platform"], e["channel"], e["entry_point"])] += 1
@@ -89,5 +91,10 @@ def samples(t: dict[Any, Any], window_end: float) -> dict[SampleKey, float]:
     for r in SPAM_REASONS:
         if t.get(("spam", "unknown", r)):
             put("messaging_spam_reports", t[("spam", "unknown", r)], channel="unknown", reason=r)
+    # a distinct-count sketch is not exact: the expected value is the CPC estimate of
+    # the window's exact sender set, which must not depend on how batches grouped it
+    senders = t.get("senders", set())
+    put("messaging_active_senders",
+        distinct.estimate(distinct.union([distinct.sketch_of(senders)])) if senders else 0)
     put("messaging_window_end_timestamp_seconds", window_end)
     return out

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.conversations import Conversation, PartitionCore
-from streams.partials import Partial
+from streams.conversations import BatchWindows, Conversation, PartitionCore
 
 T0 = 1_790_000_040.0  # a 60 s window boundary
 
@@ -18,12 +17,11 @@ def sent(ts: float, sender: str, recipient: str, first: bool, channel: str = "in
             "first_in_conversation": first}
 
 
-def run(core: PartitionCore, events: list[dict[str, Any]]) -> tuple[dict[int, Partial], set[str]]:
-    windows: dict[int, Partial] = {}
-    touched: set[str] = set()
+def run(core: PartitionCore, events: list[dict[str, Any]]) -> tuple[dict, set[str]]:
+    batch = BatchWindows()
     for event in events:
-        core.add(event, windows, touched)
-    return windows, touched
+        core.add(event, batch)
+    return batch.counts, batch.touched
 
 
 def test_first_reply_is_the_recipients_first_message_and_only_that() -> None:
@@ -45,6 +43,15 @@ def test_first_reply_is_the_recipients_first_message_and_only_that() -> None:
     assert core.conversations["c-1"].replied
 
 
+def test_distinct_senders_per_window() -> None:
+    core = PartitionCore(window_size=60, lateness=30)
+    batch = BatchWindows()
+    for event in [sent(T0 + 1, "a", "b", True), sent(T0 + 2, "a", "b", False),
+                  sent(T0 + 3, "b", "a", False), sent(T0 + 61, "c", "d", True, cid="c-2")]:
+        core.add(event, batch)
+    assert batch.senders == {T0: {"a", "b"}, T0 + 60: {"c"}}
+
+
 def test_reply_to_an_unknown_conversation_is_a_message_not_a_reply() -> None:
     core = PartitionCore(window_size=60, lateness=30)
     windows, _ = run(core, [sent(T0 + 1, "b", "a", False)])
@@ -63,12 +70,11 @@ def test_spam_report_takes_the_conversations_channel() -> None:
 
 def test_late_events_update_state_but_are_not_counted() -> None:
     core = PartitionCore(window_size=60, lateness=10)
-    windows: dict[int, Partial] = {}
-    touched: set[str] = set()
-    assert core.add(sent(T0 + 100, "x", "y", True, cid="c-2"), windows, touched)
+    batch = BatchWindows()
+    assert core.add(sent(T0 + 100, "x", "y", True, cid="c-2"), batch)
     # T0+1 is in [T0, T0+60), which closed when the watermark reached T0+90
-    assert not core.add(sent(T0 + 1, "a", "b", True), windows, touched)
-    assert T0 not in windows
+    assert not core.add(sent(T0 + 1, "a", "b", True), batch)
+    assert T0 not in batch.counts and T0 not in batch.senders
     assert "c-1" in core.conversations
 
 

@@ -72,3 +72,18 @@ def test_state_survives_a_round_trip() -> None:
     assert restored.dumps() == state.dumps()
     assert restored.last_closed_start == T0
     assert restored.windows == {T0 + 60: {"inmail": {SENT: 1}}}
+
+
+def test_active_senders_merge_across_partials_and_close_into_the_all_segment() -> None:
+    from streams import distinct
+
+    state = OwnerState(owner=0, window_size=60)
+    for source, ids in ((0, ["a", "b", "c"]), (1, ["c", "d"])):
+        record = partial(source, 1, T0, {EVENT: len(ids)}, segment="all")
+        record["senders"] = {str(T0): distinct.to_text(distinct.sketch_of(ids))}
+        state.apply(record)
+    restored = OwnerState.loads(state.dumps())
+    restored.apply(mark(0, T0 + 60))
+    (closed,) = restored.apply(mark(1, T0 + 60))
+    assert closed.segments["all"][("active_senders",)] == 4
+    assert restored.senders == {}

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -19,11 +20,13 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from streams import faust_transport
-from streams.exposition import WindowCollector
+from streams.exposition import WindowCollector, WindowOwner
 from streams.ingest import IngestStage
 from streams.owner import OwnerState
 from streams.pipeline_metrics import PipelineMetrics
+from streams.risk_stage import RiskStage
 from streams.settings import Settings
+from streams.stage import TransactionalStage
 
 log = logging.getLogger(__name__)
 _CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
@@ -85,9 +88,11 @@ class Worker:
             partitions=settings.partials_partitions,
         )
         self.ingest = IngestStage(settings, self.metrics)
-        self.registry.register(WindowCollector(self._owned_states, settings.window_seconds))
+        self.risk = RiskStage(settings)
+        self.registry.register(WindowCollector(self._window_owners, settings.window_seconds))
         self.app.agent(self.partials, name="aggregate")(self._aggregate)
-        self.app.task(self._run_ingest)
+        self.app.task(self._run_stage(self.ingest))
+        self.app.task(self._run_stage(self.risk))
         self.app.page("/metrics")(self._metrics_view())
         self.app.page("/healthz")(self._health_view())
 
@@ -109,6 +114,9 @@ class Worker:
                 )
                 log.info("closed window %d (owner %d)", window.start, partition)
 
+    def _window_owners(self) -> list[WindowOwner]:
+        return [*self._owned_states(), *self.risk.partitions.values()]
+
     def _owned_states(self) -> list[OwnerState]:
         assigned = self.app.consumer.assignment() if self.app.consumer else set()
         states = []
@@ -120,17 +128,23 @@ class Worker:
                 states.append(OwnerState.loads(raw))
         return states
 
-    # --- ingest service ---------------------------------------------------------------
-    async def _run_ingest(self) -> None:
-        try:
-            await self.ingest.start()
-            await self.ingest.run()
-        except Exception as exc:  # a dead ingest must take the worker down, loudly
-            log.exception("ingest stage crashed")
-            await self.app.crash(exc)
+    # --- the batch stages ------------------------------------------------------------
+    def _run_stage(self, stage: TransactionalStage[Any]) -> Callable[[], Awaitable[None]]:
+        async def run() -> None:
+            try:
+                await stage.start()
+                await stage.run()
+            except Exception as exc:  # a dead stage must take the worker down, loudly
+                log.exception("%s stage crashed", stage.name)
+                await self.app.crash(exc)
 
-    async def stop_ingest(self) -> None:
+        run.__name__ = f"run_{stage.name}"
+        return run
+
+    async def stop_stages(self) -> None:
+        """Let each stage commit its batch in flight, then close its clients."""
         await self.ingest.stop()
+        await self.risk.stop()
 
     # --- web ----------------------------------------------------------------------------
     def _metrics_view(self) -> type[View]:

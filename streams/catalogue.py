@@ -26,6 +26,7 @@ from streams.partials import ACTIVE_SENDERS as ACTIVE_SENDER_KEY
 from streams.partials import (
     BLOCK,
     FIRST_REPLY,
+    FLAGGED,
     LATENCY_BOUNDS_SECONDS,
     LATENCY_BUCKET,
     LATENCY_SUM_MS,
@@ -39,6 +40,8 @@ from streams.partials import (
 
 WINDOW_END = "messaging_window_end_timestamp_seconds"
 ACTIVE_SENDERS = "messaging_active_senders"
+FLAGGED_SENDERS = "messaging_flagged_senders"
+RISK_RULES = ("velocity", "spam_reports", "inmail_response")  # streams.risk.RULES
 
 # (metric name, help, counter key prefix, label names, label value enumerations)
 COUNT_GAUGES: tuple[tuple[str, str, str, tuple[str, ...], tuple[tuple[str, ...], ...]], ...] = (
@@ -56,6 +59,8 @@ COUNT_GAUGES: tuple[tuple[str, str, str, tuple[str, ...], tuple[tuple[str, ...],
      SPAM, ("channel", "reason"), ((*CHANNELS, UNKNOWN_CHANNEL), SPAM_REASONS)),
     ("messaging_blocks", "Members blocked in the last closed window.", BLOCK,
      ("platform",), (PLATFORMS,)),
+    (FLAGGED_SENDERS, "Senders flagged by a risk rule in the last closed window.", FLAGGED,
+     ("reason",), (RISK_RULES,)),
 )
 LATENCY = "messaging_reply_latency_seconds"
 

@@ -30,15 +30,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     asyncio.run(ensure_topics(settings))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop
     worker = Worker(settings)
-    worker.app.on_before_shutdown.connect(_stop_ingest_first(worker))
+    worker.app.on_before_shutdown.connect(_stop_stages_first(worker))
     faust.Worker(worker.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
     return 0
 
 
-def _stop_ingest_first(worker: object) -> object:
+def _stop_stages_first(worker: object) -> object:
     async def on_before_shutdown(app: object, **kwargs: object) -> None:
         # finish and commit the batch in flight before Faust tears the loop down
-        await worker.stop_ingest()  # type: ignore[attr-defined]
+        await worker.stop_stages()  # type: ignore[attr-defined]
 
     return on_before_shutdown
 

@@ -36,17 +36,22 @@ class Conversation:
     starter_id: str
     recipient_id: str
     channel: str
+    starter_type: str
     replied: bool = False
 
     def dumps(self) -> bytes:
-        return orjson.dumps(
-            [self.started_at, self.starter_id, self.recipient_id, self.channel, self.replied]
-        )
+        return orjson.dumps([
+            self.started_at, self.starter_id, self.recipient_id, self.channel,
+            self.starter_type, self.replied,
+        ])
 
     @classmethod
     def loads(cls, raw: bytes) -> Conversation:
-        started_at, starter, recipient, channel, replied = orjson.loads(raw)
-        return cls(started_at, starter, recipient, channel, replied)
+        return cls(*orjson.loads(raw))
+
+
+# Per-sender activity counters, in this order (the risk stage's input).
+SENT_MESSAGES, REPORTS_RECEIVED, INMAILS_SENT, INMAIL_REPLIES = range(4)
 
 
 @dataclass(slots=True)
@@ -56,6 +61,16 @@ class BatchWindows:
     counts: dict[int, Partial] = field(default_factory=dict)
     senders: dict[int, set[str]] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)  # conversations whose state changed
+    activity: dict[int, dict[str, list[int]]] = field(default_factory=dict)  # window, sender
+
+    def sender_counts(self, start: int, sender: str) -> list[int]:
+        window = self.activity.get(start)
+        if window is None:
+            window = self.activity[start] = {}
+        counts = window.get(sender)
+        if counts is None:
+            counts = window[sender] = [0, 0, 0, 0]
+        return counts
 
 
 @dataclass(slots=True)
@@ -94,13 +109,18 @@ class PartitionCore:
                 if senders is None:
                     senders = batch.senders[start] = set()
                 senders.add(event["sender_id"])
+                activity = batch.sender_counts(start, event["sender_id"])
+                activity[SENT_MESSAGES] += 1
             if event["first_in_conversation"]:
                 if counts is not None:
                     key = (STARTED, event["platform"], channel, event["entry_point"])
                     counts[key] = counts.get(key, 0) + 1
+                    if channel == "inmail" and event["sender_type"] == "recruiter":
+                        activity[INMAILS_SENT] += 1
                 if conversation is None:
                     self.conversations[conversation_id] = Conversation(
-                        ts, event["sender_id"], event["recipient_id"], channel
+                        ts, event["sender_id"], event["recipient_id"], channel,
+                        event["sender_type"],
                     )
                     touched.add(conversation_id)
             elif (
@@ -119,12 +139,15 @@ class PartitionCore:
                         ((LATENCY_SUM_MS, channel), latency_ms),
                     ):
                         counts[key] = counts.get(key, 0) + inc
+                    if channel == "inmail" and conversation.starter_type == "recruiter":
+                        batch.sender_counts(start, conversation.starter_id)[INMAIL_REPLIES] += 1
         elif counts is not None:
             if kind == "message_read":
                 key = (READ, event["platform"])
             elif kind == "spam_reported":
                 channel = conversation.channel if conversation is not None else UNKNOWN_CHANNEL
                 key = (SPAM, channel, event["reason"])
+                batch.sender_counts(start, event["reported_id"])[REPORTS_RECEIVED] += 1
             else:
                 key = (BLOCK, event["platform"])
             counts[key] = counts.get(key, 0) + 1

@@ -2,17 +2,18 @@
 
 For each batch from ``messaging.events``: decode (orjson) and validate every message,
 send rejects to the DLQ with their reason, feed the rest to the partition's
-:class:`PartitionCore` (conversation state, first replies, per-window counts), then in
-ONE Kafka transaction produce the batch's partials (key = segment), the DLQ records,
-the changed conversation state (compacted changelog, same partition number as the
-input), the partition clocks, watermark marks for every partials partition, and the
-input offsets. A crash anywhere aborts the transaction; the restarted stage restores
-its state from the changelog and reprocesses the batch, so nothing is lost or doubled.
+:class:`PartitionCore` (conversation state, first replies, per-window counts, distinct
+senders, per-sender activity), then in ONE Kafka transaction (see
+:class:`~streams.stage.TransactionalStage`) produce the batch's partials (key =
+segment), the sender activity (to the partition of each sender), the DLQ records, the
+changed conversation state (compacted changelog, same partition number as the input),
+the partition clocks, watermark marks for every downstream partition, and the input
+offsets. A crash anywhere aborts the transaction; the restarted stage restores its
+state from the changelog and reprocesses the batch, so nothing is lost or doubled.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -20,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
 from streams import distinct
@@ -30,6 +30,7 @@ from streams.kafka_io import BatchWriter, partition_for
 from streams.partials import GLOBAL_SEGMENT, encode, split_by_segment
 from streams.pipeline_metrics import PipelineMetrics
 from streams.settings import Settings
+from streams.stage import TransactionalStage
 from streams.windows import window_start
 
 log = logging.getLogger(__name__)
@@ -38,181 +39,69 @@ CLOCK_KEY = b"\x00clock"  # the partition clock's record in the state changelog
 
 
 @dataclass(slots=True)
-class _Partition:
+class IngestPartition:
     core: PartitionCore
-    last_input_wall: float
+    last_input_wall: float = field(default_factory=time.monotonic)
     sent_mark: tuple[Any, ...] | None = None  # last (window of wm, window of max_ts, idle)
 
 
 @dataclass(slots=True)
-class _BatchOutput:
-    writer: BatchWriter
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)
+class _Tally:
     processed: dict[str, int] = field(default_factory=dict)
     invalid: dict[str, int] = field(default_factory=dict)
     late: int = 0
 
 
-class IngestStage(ConsumerRebalanceListener):
+class IngestStage(TransactionalStage[IngestPartition]):
+    name = "ingest"
+
     def __init__(self, settings: Settings, metrics: PipelineMetrics) -> None:
-        self.settings = settings
+        super().__init__(
+            settings, settings.events_topic, settings.ingest_state_topic,
+            settings.ingest_max_batch,
+        )
         self.metrics = metrics
-        self.group_id = f"{settings.app_id}-ingest"
-        self.partitions: dict[int, _Partition] = {}
-        self.source_count = 0
-        self._next_offsets: dict[TopicPartition, int] = {}
-        self._lock = asyncio.Lock()
-        self._stopping = asyncio.Event()
-        self._started = False
-        self._options = settings.kafka_client_options()
-        self.consumer: AIOKafkaConsumer
-        self.producer: AIOKafkaProducer
-
-    # --- lifecycle ----------------------------------------------------------------------
-    async def start(self) -> None:
-        # aiokafka clients bind to the running loop, so they are made here, not in __init__
-        settings, options = self.settings, self._options
-        self.consumer = AIOKafkaConsumer(
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_partition_fetch_bytes=4 * 1024 * 1024,
-            fetch_max_bytes=32 * 1024 * 1024,
-            **options,
+        self._tally = _Tally()
+        self._next_offsets: dict[int, int] = {}
+        self._mark_targets = (
+            (settings.partials_topic, settings.partials_partitions),
+            (settings.activity_topic, settings.activity_partitions),
         )
-        self.producer = AIOKafkaProducer(
-            transactional_id=f"{settings.app_id}-ingest-{settings.worker_id}",
-            transaction_timeout_ms=settings.transaction_timeout_ms,
-            linger_ms=5,
-            max_batch_size=1024 * 1024,
-            max_request_size=8 * 1024 * 1024,
-            **options,
-        )
-        # The producer first: its InitProducerId fences a previous incarnation of this
-        # worker and aborts that one's open transaction before we restore any state.
-        await self.producer.start()
-        await self.consumer.start()
-        partitions = self.consumer.partitions_for_topic(self.settings.events_topic)
-        if not partitions:
-            await self.consumer._client.force_metadata_update()
-            partitions = self.consumer.partitions_for_topic(self.settings.events_topic)
-        self.source_count = len(partitions or ())
-        self.consumer.subscribe([self.settings.events_topic], listener=self)
-        self._started = True
-        log.info("ingest started: %d input partitions, group %s", self.source_count,
-                 self.group_id)
 
-    async def stop(self) -> None:
-        self._stopping.set()
-        async with self._lock:
-            if self._started:
-                await self.consumer.stop()
-                await self.producer.stop()
-                self._started = False
+    # --- state ----------------------------------------------------------------------------
+    def new_state(self, partition: int) -> IngestPartition:
+        core = PartitionCore(self.settings.window_seconds, self.settings.allowed_lateness_seconds)
+        return IngestPartition(core)
 
-    async def run(self) -> None:
-        while not self._stopping.is_set():
-            batch = await self.consumer.getmany(
-                timeout_ms=self.settings.ingest_poll_timeout_ms,
-                max_records=self.settings.ingest_max_batch,
-            )
-            async with self._lock:
-                if self._stopping.is_set():
-                    break
-                await self._handle(batch)
+    def restore_record(self, state: IngestPartition, key: bytes | None, value: bytes | None) -> None:
+        core = state.core
+        if key == CLOCK_KEY:
+            if value is not None:
+                max_ts = orjson.loads(value)["max_ts"]
+                core.clock.max_ts = -math.inf if max_ts is None else max_ts
+            return
+        assert key is not None
+        conversation_id = key.decode()
+        if value is None:
+            core.conversations.pop(conversation_id, None)
+        else:
+            core.conversations[conversation_id] = Conversation.loads(value)
 
-    # --- rebalancing ----------------------------------------------------------------------
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        async with self._lock:  # waits for an in-flight batch to commit
-            for tp in revoked:
-                self.partitions.pop(tp.partition, None)
-                self._next_offsets.pop(tp, None)
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        async with self._lock:
-            fresh = [tp.partition for tp in assigned if tp.partition not in self.partitions]
-            if fresh:
-                restored = await self._restore(fresh)
-                now = time.monotonic()
-                for partition, core in restored.items():
-                    self.partitions[partition] = _Partition(core, now)
-
-    async def _restore(self, partitions: list[int]) -> dict[int, PartitionCore]:
-        """Rebuild conversation state and clocks from the compacted changelog."""
-        cores = {
-            p: PartitionCore(self.settings.window_seconds, self.settings.allowed_lateness_seconds)
-            for p in partitions
-        }
-        reader = AIOKafkaConsumer(
-            isolation_level="read_committed", enable_auto_commit=False, **self._options
-        )
-        await reader.start()
-        try:
-            tps = [TopicPartition(self.settings.ingest_state_topic, p) for p in partitions]
-            reader.assign(tps)
-            await reader.seek_to_beginning(*tps)
-            ends = await reader.end_offsets(tps)
-            remaining = {tp for tp in tps if ends[tp] > 0}
-            records = 0
-            while remaining:
-                batch = await reader.getmany(*remaining, timeout_ms=1000)
-                for tp, messages in batch.items():
-                    core = cores[tp.partition]
-                    for message in messages:
-                        records += 1
-                        _apply_state_record(core, message.key, message.value)
-                for tp in list(remaining):
-                    if await reader.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
-            log.info("restored ingest state of partitions %s from %d records",
-                     sorted(partitions), records)
-        finally:
-            await reader.stop()
-        return cores
-
-    # --- one batch --------------------------------------------------------------------
-    async def _handle(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        started = time.perf_counter()
-        out = _BatchOutput(BatchWriter(self.producer))
-        events = 0
-        await self.producer.begin_transaction()
-        try:
-            for tp, messages in batch.items():
-                partition = self.partitions.get(tp.partition)
-                if partition is None or not messages:
-                    continue  # revoked between fetch and now: the new owner redoes it
-                events += len(messages)
-                await self._ingest_partition(tp, partition, messages, out)
-            await self._send_marks(out)
-            if out.offsets:
-                await self.producer.send_offsets_to_transaction(out.offsets, self.group_id)
-            await out.writer.flush()
-            await self.producer.commit_transaction()
-        except BaseException:
-            # A failed transaction leaves in-memory state ahead of Kafka: let the
-            # worker die and restart from the committed state rather than guess.
-            log.exception("ingest transaction failed; stopping the worker")
-            raise
-        self.metrics.record_batch(
-            events, out.processed, out.invalid, out.late, time.perf_counter() - started
-        )
-        self._record_lag()
-
-    async def _ingest_partition(
-        self, tp: TopicPartition, partition: _Partition, messages: list[Any], out: _BatchOutput
+    # --- one partition's batch --------------------------------------------------------
+    async def process(
+        self, tp: TopicPartition, state: IngestPartition, messages: list[Any], writer: BatchWriter
     ) -> None:
-        settings = self.settings
-        core = partition.core
+        settings, tally = self.settings, self._tally
+        core = state.core
         batch = BatchWindows()
-        processed = out.processed
+        processed = tally.processed
         for message in messages:
             event, rejection = decode(message.value, settings.max_event_bytes)
             if rejection is None:
                 rejection = validate(event)
             if rejection is not None:
-                out.invalid[rejection.reason] = out.invalid.get(rejection.reason, 0) + 1
-                await out.writer.add(
+                tally.invalid[rejection.reason] = tally.invalid.get(rejection.reason, 0) + 1
+                await writer.add(
                     settings.dlq_topic, 0, message.key, message.value,
                     [
                         ("dlq.reason", rejection.reason.encode()),
@@ -225,11 +114,27 @@ class IngestStage(ConsumerRebalanceListener):
                 kind = event["type"]
                 processed[kind] = processed.get(kind, 0) + 1
             else:
-                out.late += 1
-        partition.last_input_wall = time.monotonic()
+                tally.late += 1
+        state.last_input_wall = time.monotonic()
         last_offset = messages[-1].offset
-        out.offsets[tp] = self._next_offsets[tp] = last_offset + 1
-        writer = out.writer
+        self._next_offsets[tp.partition] = last_offset + 1
+        await self._send_partials(tp.partition, last_offset, batch, writer)
+        await self._send_activity(tp.partition, last_offset, batch, writer)
+        conversations = core.conversations
+        for conversation_id in batch.touched:
+            await writer.add(
+                settings.ingest_state_topic, tp.partition, conversation_id.encode(),
+                conversations[conversation_id].dumps(),
+            )
+        await writer.add(
+            settings.ingest_state_topic, tp.partition, CLOCK_KEY,
+            orjson.dumps({"max_ts": _finite(core.clock.max_ts)}),
+        )
+
+    async def _send_partials(
+        self, source: int, last_offset: int, batch: BatchWindows, writer: BatchWriter
+    ) -> None:
+        settings = self.settings
         by_segment: dict[str, dict[str, dict[str, int]]] = {}
         for start, counts in batch.counts.items():
             for segment, part in split_by_segment(counts).items():
@@ -237,7 +142,7 @@ class IngestStage(ConsumerRebalanceListener):
         for segment, segment_windows in by_segment.items():
             key = segment.encode()
             record: dict[str, Any] = {
-                "kind": "partial", "segment": segment, "source": tp.partition,
+                "kind": "partial", "segment": segment, "source": source,
                 "offset": last_offset, "windows": segment_windows,
             }
             if segment == GLOBAL_SEGMENT and batch.senders:
@@ -249,19 +154,26 @@ class IngestStage(ConsumerRebalanceListener):
                 settings.partials_topic, partition_for(key, settings.partials_partitions),
                 key, orjson.dumps(record),
             )
-        state_topic = settings.ingest_state_topic
-        conversations = core.conversations
-        for conversation_id in batch.touched:
-            await writer.add(
-                state_topic, tp.partition, conversation_id.encode(),
-                conversations[conversation_id].dumps(),
-            )
-        await writer.add(
-            state_topic, tp.partition, CLOCK_KEY, orjson.dumps({"max_ts": _finite(core.clock.max_ts)})
-        )
 
-    async def _send_marks(self, out: _BatchOutput) -> None:
-        """Tell every partials partition how far each of our input partitions has got."""
+    async def _send_activity(
+        self, source: int, last_offset: int, batch: BatchWindows, writer: BatchWriter
+    ) -> None:
+        """Per-sender activity, one record per risk partition: repartitioned by sender."""
+        partitions = self.settings.activity_partitions
+        targets: dict[int, dict[str, dict[str, list[int]]]] = {}
+        for start, senders in batch.activity.items():
+            window = str(start)
+            for sender, counts in senders.items():
+                target = targets.setdefault(partition_for(sender.encode(), partitions), {})
+                target.setdefault(window, {})[sender] = counts
+        for target, windows in targets.items():
+            record = {"kind": "activity", "source": source, "offset": last_offset,
+                      "windows": windows}
+            await writer.add(self.settings.activity_topic, target, None, orjson.dumps(record))
+
+    # --- every transaction ----------------------------------------------------------------
+    async def after_batch(self, writer: BatchWriter) -> None:
+        """Tell every downstream partition how far each of our input partitions has got."""
         now = time.monotonic()
         size = self.settings.window_seconds
         for source, partition in self.partitions.items():
@@ -275,33 +187,25 @@ class IngestStage(ConsumerRebalanceListener):
                 continue
             partition.sent_mark = mark_id
             value = orjson.dumps({
-                "kind": "mark", "source": source, "sources": self.source_count,
+                "kind": "mark", "source": source, "sources": self.input_partition_count,
                 "watermark": _finite(clock.watermark), "max_ts": _finite(clock.max_ts),
                 "idle": clock.idle,
             })
-            for target in range(self.settings.partials_partitions):
-                await out.writer.add(self.settings.partials_topic, target, b"mark", value)
+            for topic, count in self._mark_targets:
+                for target in range(count):
+                    await writer.add(topic, target, b"mark", value)
 
-    def _record_lag(self) -> None:
+    def committed(self, events: int, seconds: float) -> None:
+        tally, self._tally = self._tally, _Tally()
+        self.metrics.record_batch(events, tally.processed, tally.invalid, tally.late, seconds)
         lag = 0
-        for tp, next_offset in self._next_offsets.items():
-            highwater = self.consumer.highwater(tp)
+        for partition, next_offset in self._next_offsets.items():
+            if partition not in self.partitions:
+                continue
+            highwater = self.consumer.highwater(TopicPartition(self.input_topic, partition))
             if highwater is not None:
                 lag += max(0, highwater - next_offset)
         self.metrics.consumer_lag.set(lag)
-
-
-def _apply_state_record(core: PartitionCore, key: bytes, value: bytes | None) -> None:
-    if key == CLOCK_KEY:
-        if value is not None:
-            max_ts = orjson.loads(value)["max_ts"]
-            core.clock.max_ts = -math.inf if max_ts is None else max_ts
-        return
-    conversation_id = key.decode()
-    if value is None:
-        core.conversations.pop(conversation_id, None)
-    else:
-        core.conversations[conversation_id] = Conversation.loads(value)
 
 
 def _window_index(ts: float, size: int) -> int | None:

@@ -73,6 +73,15 @@ async def ensure_topics(settings: Settings, extra: dict[str, int] | None = None)
             NewTopic(settings.dlq_topic, 1, 1),
             NewTopic(settings.partials_topic, settings.partials_partitions, 1),
             NewTopic(settings.metrics_topic, 1, 1),
+            NewTopic(settings.activity_topic, settings.activity_partitions, 1),
+            NewTopic(settings.flagged_topic, 1, 1),
+            NewTopic(
+                settings.risk_state_topic, settings.activity_partitions, 1,
+                topic_configs={
+                    "cleanup.policy": "compact", "segment.ms": "600000",
+                    "max.message.bytes": str(32 * 1024 * 1024),
+                },
+            ),
         ]
         wanted += [NewTopic(name, n, 1) for name, n in (extra or {}).items()]
         missing = [t for t in wanted if t.name not in existing]

@@ -12,14 +12,13 @@ its (segment, source) is a redelivery and is ignored.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from streams import distinct
-from streams.catalogue import window_samples
+from streams.catalogue import FLAGGED_SENDERS, window_samples
 from streams.partials import (
     ACTIVE_SENDERS,
     EVENTS,
@@ -30,7 +29,7 @@ from streams.partials import (
     merge_into,
     merged,
 )
-from streams.windows import GlobalWatermark, SourceMark
+from streams.windows import GlobalWatermark
 
 RECENT_WINDOWS = 5  # closed windows kept for /metrics (a scrape may trail a close)
 
@@ -50,7 +49,8 @@ class ClosedWindow:
             "window_start": self.start,
             "window_end": self.end,
             "segments": sorted(self.segments),
-            "samples": window_samples(total, self.end),
+            # flagged senders are the risk stage's: they have their own topic
+            "samples": [s for s in window_samples(total, self.end) if s[0] != FLAGGED_SENDERS],
         }
 
 
@@ -102,10 +102,7 @@ class OwnerState:
                 )
 
     def apply_mark(self, record: dict[str, Any]) -> list[ClosedWindow]:
-        mark = SourceMark(
-            _or_minus_inf(record["watermark"]), _or_minus_inf(record["max_ts"]), record["idle"]
-        )
-        value = self.watermark.update(record["source"], mark, record["sources"])
+        value = self.watermark.apply_mark(record)
         closing = sorted(start for start in self.windows if start + self.window_size <= value)
         closed = []
         for start in closing:
@@ -122,20 +119,8 @@ class OwnerState:
         return closed
 
     # --- what /metrics shows --------------------------------------------------------
-    @property
-    def last_closed_start(self) -> int | None:
-        """Start of the newest window whose end is at or below the watermark."""
-        value = self.watermark.value
-        if value == -math.inf:
-            return None
-        return math.floor(value / self.window_size) * self.window_size - self.window_size
-
-    def closed_counts(self, start: int) -> Partial:
-        return self.recent.get(start, {})
-
     # --- persistence (one table value) ------------------------------------------------
     def dumps(self) -> bytes:
-        wm = self.watermark
         return orjson.dumps(
             {
                 "owner": self.owner,
@@ -146,12 +131,7 @@ class OwnerState:
                 },
                 "senders": {str(s): distinct.to_text(raw) for s, raw in self.senders.items()},
                 "applied": self.applied,
-                "sources": wm.source_count,
-                "marks": {
-                    str(k): [_finite(m.watermark), _finite(m.max_ts), m.idle]
-                    for k, m in wm.marks.items()
-                },
-                "watermark": _finite(wm.value),
+                "watermark": self.watermark.to_json(),
                 "recent": {str(s): encode(p) for s, p in self.recent.items()},
                 "late_events": self.late_events,
                 "duplicates": self.duplicates,
@@ -168,22 +148,9 @@ class OwnerState:
         }
         state.senders = {int(s): distinct.from_text(t) for s, t in data["senders"].items()}
         state.applied = data["applied"]
-        state.watermark.source_count = data["sources"]
-        state.watermark.marks = {
-            int(k): SourceMark(_or_minus_inf(w), _or_minus_inf(t), idle)
-            for k, (w, t, idle) in data["marks"].items()
-        }
-        state.watermark.value = _or_minus_inf(data["watermark"])
+        state.watermark = GlobalWatermark.from_json(state.window_size, data["watermark"])
         state.recent = {int(s): decode(p) for s, p in data["recent"].items()}
         state.late_events = data["late_events"]
         state.duplicates = data["duplicates"]
         return state
 
-
-def _finite(value: float) -> float | None:
-    """JSON has no infinity: "nothing seen yet" travels as null."""
-    return value if math.isfinite(value) else None
-
-
-def _or_minus_inf(value: float | None) -> float:
-    return -math.inf if value is None else value

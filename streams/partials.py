@@ -28,6 +28,7 @@ SPAM: Final = "spam"  # channel (of the reported conversation), reason
 BLOCK: Final = "block"  # platform
 EVENTS: Final = "events"  # type: every accepted event, used to count late ones
 ACTIVE_SENDERS: Final = "active_senders"  # no labels: the window's distinct-sender estimate
+FLAGGED: Final = "flagged"  # rule: senders the risk stage flagged in the window
 
 # First-reply latency bucket upper bounds in seconds: a minute to a week.
 LATENCY_BOUNDS_SECONDS: Final = (

@@ -53,11 +53,49 @@ class Settings(BaseSettings):
     metrics_topic: str = Field(
         default="messaging.metrics", description="One record per closed window and owner."
     )
+    activity_topic: str = Field(
+        default="messaging.sender-activity",
+        description="Per-sender activity partials, repartitioned by sender for the risk stage.",
+    )
+    risk_state_topic: str = Field(
+        default="messaging.risk.state", description="Compacted changelog of the risk stage."
+    )
+    flagged_topic: str = Field(
+        default="messaging.risk.flagged-senders",
+        description="One record per flagged sender, rule and window, with the evidence.",
+    )
     events_partitions: int = Field(
         default=4, ge=1, description="Partitions when the events topic is created."
     )
     partials_partitions: int = Field(
         default=4, ge=1, description="Partitions of the partials topic (aggregate owners)."
+    )
+
+    activity_partitions: int = Field(
+        default=4, ge=1, description="Partitions of the sender-activity topic (risk owners)."
+    )
+
+    # --- risk rules -------------------------------------------------------------------
+    risk_velocity_messages: int = Field(
+        default=40, ge=1, description="Flag a sender with at least this many messages in a window."
+    )
+    risk_spam_reports: int = Field(
+        default=3, ge=1, description="Flag a sender with at least this many spam reports "
+        "received in a window.",
+    )
+    risk_inmail_min_sent: int = Field(
+        default=100, ge=1, description="InMail rule: only recruiters with at least this many "
+        "InMails over the horizon are judged.",
+    )
+    risk_inmail_min_response_rate: float = Field(
+        default=0.13, ge=0, le=1, description="InMail rule: flag below this response rate "
+        "(LinkedIn's public policy: 13%).",
+    )
+    risk_inmail_horizon_seconds: int = Field(
+        default=14 * 86_400, ge=1, description="InMail rule: the event-time horizon (14 days)."
+    )
+    risk_inmail_bucket_seconds: int = Field(
+        default=86_400, ge=1, description="InMail rule: the horizon is kept in buckets this long.",
     )
 
     # --- worker -----------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def window_start(ts: float, size: int) -> int:
@@ -51,6 +52,23 @@ class SourceMark:
     max_ts: float
     idle: bool
 
+    def to_json(self) -> list[Any]:
+        return [finite_or_none(self.watermark), finite_or_none(self.max_ts), self.idle]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> SourceMark:
+        watermark, max_ts, idle = data
+        return cls(or_minus_inf(watermark), or_minus_inf(max_ts), idle)
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no infinity: "nothing seen yet" travels as null."""
+    return value if math.isfinite(value) else None
+
+
+def or_minus_inf(value: float | None) -> float:
+    return -math.inf if value is None else value
+
 
 @dataclass(slots=True)
 class GlobalWatermark:
@@ -67,6 +85,35 @@ class GlobalWatermark:
         candidate = self._compute()
         self.value = max(self.value, candidate)
         return self.value
+
+    def apply_mark(self, record: dict[str, Any]) -> float:
+        """Apply a ``{"kind": "mark", ...}`` record from the ingest."""
+        mark = SourceMark(
+            or_minus_inf(record["watermark"]), or_minus_inf(record["max_ts"]), record["idle"]
+        )
+        return self.update(record["source"], mark, record["sources"])
+
+    @property
+    def last_closed_start(self) -> int | None:
+        """Start of the newest window whose end is at or below the watermark."""
+        if self.value == -math.inf:
+            return None
+        return math.floor(self.value / self.window_size) * self.window_size - self.window_size
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sources": self.source_count,
+            "marks": {str(k): m.to_json() for k, m in self.marks.items()},
+            "value": finite_or_none(self.value),
+        }
+
+    @classmethod
+    def from_json(cls, window_size: int, data: dict[str, Any]) -> GlobalWatermark:
+        return cls(
+            window_size, data["sources"],
+            {int(k): SourceMark.from_json(m) for k, m in data["marks"].items()},
+            or_minus_inf(data["value"]),
+        )
 
     def _compute(self) -> float:
         if self.source_count == 0 or len(self.marks) < self.source_count:

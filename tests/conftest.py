@@ -28,7 +28,7 @@ def kafka_bootstrap() -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(kafka_bootstrap: str, tmp_path) -> Iterator[Settings]:
+def base_settings(kafka_bootstrap: str, tmp_path) -> Iterator[Settings]:
     """Settings with throwaway topic names and app id, unique to this test.
 
     The test's topics (and the Faust changelogs of its app id) are deleted afterwards.
@@ -43,12 +43,20 @@ def settings(kafka_bootstrap: str, tmp_path) -> Iterator[Settings]:
         partials_topic=f"t{run}.partials",
         ingest_state_topic=f"t{run}.ingest.state",
         metrics_topic=f"t{run}.metrics",
+        activity_topic=f"t{run}.activity",
+        risk_state_topic=f"t{run}.risk.state",
+        flagged_topic=f"t{run}.flagged",
         idle_timeout_seconds=3.0,
         metrics_port=0,
         cache_dir=tmp_path / "cache",
     )
     yield test_settings
     asyncio.run(_delete_topics(test_settings, prefixes=(f"t{run}.", f"mm-test-{run}")))
+
+
+@pytest.fixture
+def settings(base_settings: Settings) -> Settings:
+    return base_settings
 
 
 async def _delete_topics(settings: Settings, prefixes: tuple[str, ...]) -> None:

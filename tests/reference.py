@@ -12,6 +12,7 @@ from collections import defaultdict
 from itertools import product
 from typing import Any
 
+from streams import distinct
 from streams.events import (
     CHANNELS,
     CONTENT_TYPES,
@@ -20,7 +21,6 @@ from streams.events import (
     SENDER_TYPES,
     SPAM_REASONS,
 )
-from streams import distinct
 from streams.partials import LATENCY_BOUNDS_SECONDS
 
 SampleKey = tuple[str, frozenset[tuple[str, str]]]
@@ -98,3 +98,50 @@ def samples(t: dict[Any, Any], window_end: float) -> dict[SampleKey, float]:
         distinct.estimate(distinct.union([distinct.sketch_of(senders)])) if senders else 0)
     put("messaging_window_end_timestamp_seconds", window_end)
     return out
+
+
+def recount_flags(
+    partitions: dict[int, list[dict[str, Any]]], window: int, *, velocity: int, reports: int,
+    inmail_min: int, inmail_rate: float, horizon: int, bucket: int,
+) -> set[tuple[str, str, int]]:
+    """``(rule, sender, window start)`` for every flag the risk rules should raise."""
+    sent: dict[tuple[int, str], int] = defaultdict(int)
+    reported: dict[tuple[int, str], int] = defaultdict(int)
+    inmails: dict[tuple[int, str], int] = defaultdict(int)
+    inmail_replies: dict[tuple[int, str], int] = defaultdict(int)
+    for events in partitions.values():
+        conversations: dict[str, dict[str, Any]] = {}
+        for e in events:
+            w = math.floor(e["ts"] / window) * window
+            conv = conversations.get(e["conversation_id"])
+            if e["type"] == "message_sent":
+                sent[(w, e["sender_id"])] += 1
+                if e["first_in_conversation"]:
+                    if e["channel"] == "inmail" and e["sender_type"] == "recruiter":
+                        inmails[(w, e["sender_id"])] += 1
+                    if conv is None:
+                        conversations[e["conversation_id"]] = {
+                            "from": e["sender_id"], "to": e["recipient_id"],
+                            "recruiter_inmail": e["channel"] == "inmail"
+                            and e["sender_type"] == "recruiter", "replied": False,
+                        }
+                elif conv and not conv["replied"] and e["sender_id"] == conv["to"]:
+                    conv["replied"] = True
+                    if conv["recruiter_inmail"]:
+                        inmail_replies[(w, conv["from"])] += 1
+            elif e["type"] == "spam_reported":
+                reported[(w, e["reported_id"])] += 1
+    flags = {("velocity", s, w) for (w, s), n in sent.items() if n >= velocity}
+    flags |= {("spam_reports", s, w) for (w, s), n in reported.items() if n >= reports}
+    for (w, sender) in inmails:
+        oldest = w + window - horizon  # buckets ending at or before this are forgotten
+
+        def in_horizon(x: int, oldest: int = oldest, w: int = w) -> bool:
+            b = math.floor(x / bucket) * bucket
+            return b + bucket > oldest and x <= w
+
+        total = sum(n for (x, s), n in inmails.items() if s == sender and in_horizon(x))
+        replies = sum(n for (x, s), n in inmail_replies.items() if s == sender and in_horizon(x))
+        if total >= inmail_min and replies / total < inmail_rate:
+            flags.add(("inmail_response", sender, w))
+    return flags

@@ -74,7 +74,17 @@ def window_samples_of(sample_list: list[list[Any]]) -> dict[reference.SampleKey,
     return {(name, frozenset(labels.items())): value for name, labels, value in sample_list}
 
 
-def test_windows_and_gauges_equal_an_independent_recount(settings: Settings, tmp_path) -> None:
+RISK = {  # low thresholds, so that a short run raises flags of every rule
+    "risk_velocity_messages": 4, "risk_spam_reports": 1, "risk_inmail_min_sent": 3,
+    "risk_inmail_min_response_rate": 0.5, "risk_inmail_horizon_seconds": 600,
+    "risk_inmail_bucket_seconds": 120,
+}
+
+
+def test_windows_and_gauges_equal_an_independent_recount(
+    base_settings: Settings, tmp_path
+) -> None:
+    settings = base_settings.model_copy(update=RISK)
     simulator = Simulator(
         SimulationProfile(), seed=7, start_ts=START_TS, rate=1000, speed=60, members=5000
     )
@@ -148,6 +158,26 @@ def test_windows_and_gauges_equal_an_independent_recount(settings: Settings, tmp
         )
         gauges = {k: v for k, v in scraped.items() if k[0] in names}
         assert gauges == expected_gauges
+
+        # --- risk: every flag, once, and the flagged-senders gauge -------------------
+        expected_flags = reference.recount_flags(
+            partitions, WINDOW, velocity=4, reports=1, inmail_min=3, inmail_rate=0.5,
+            horizon=600, bucket=120,
+        )
+        assert {rule for rule, _, _ in expected_flags} == {
+            "velocity", "spam_reports", "inmail_response"
+        }
+        flag_records = [orjson.loads(m.value) for m in read_topic(settings, settings.flagged_topic)]
+        published = [(r["rule"], r["sender_id"], r["window_start"]) for r in flag_records]
+        assert len(published) == len(set(published)), "a flag was published twice"
+        assert set(published) == expected_flags
+        flagged_gauge = {
+            dict(labels)["reason"]: v for (name, labels), v in scraped.items()
+            if name == "messaging_flagged_senders"
+        }
+        last_flags = Counter(rule for rule, _, start in expected_flags if start == last)
+        assert flagged_gauge == {r: last_flags.get(r, 0) for r in flagged_gauge}
+        assert set(flagged_gauge) == {"velocity", "spam_reports", "inmail_response"}
 
         # --- the malformed input: DLQ, counted, reasons -------------------------------
         dlq = read_topic(settings, settings.dlq_topic)

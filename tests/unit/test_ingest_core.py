@@ -60,7 +60,7 @@ def test_reply_to_an_unknown_conversation_is_a_message_not_a_reply() -> None:
 
 def test_spam_report_takes_the_conversations_channel() -> None:
     core = PartitionCore(window_size=60, lateness=30)
-    report = {"type": "spam_reported", "ts": T0 + 3, "conversation_id": "c-1",
+    report = {"type": "spam_reported", "ts": T0 + 3, "conversation_id": "c-1", "reported_id": "a",
               "reason": "scam", "platform": "ios"}
     orphan = {**report, "conversation_id": "c-9"}
     windows, _ = run(core, [sent(T0 + 1, "a", "b", True, channel="sponsored"), report, orphan])
@@ -79,5 +79,5 @@ def test_late_events_update_state_but_are_not_counted() -> None:
 
 
 def test_conversation_state_round_trips() -> None:
-    conversation = Conversation(T0, "a", "b", "connection", True)
+    conversation = Conversation(T0, "a", "b", "connection", "member", True)
     assert Conversation.loads(conversation.dumps()) == conversation

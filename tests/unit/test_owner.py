@@ -31,12 +31,12 @@ def test_window_closes_once_every_source_has_passed_its_end() -> None:
     state.apply(partial(0, 10, T0, {SENT: 2, EVENT: 2}))
     state.apply(partial(1, 5, T0, {SENT: 3, EVENT: 3}))
     assert state.apply(mark(0, T0 + 60)) == []  # source 1 has not reported
-    assert state.last_closed_start is None
+    assert state.watermark.last_closed_start is None
     closed = state.apply(mark(1, T0 + 61))
     assert [(w.start, w.end) for w in closed] == [(T0, T0 + 60)]
     assert closed[0].segments == {"inmail": {SENT: 5, EVENT: 5}}
-    assert state.last_closed_start == T0
-    assert state.closed_counts(T0)[SENT] == 5
+    assert state.watermark.last_closed_start == T0
+    assert state.recent[T0][SENT] == 5
     samples = {(n, tuple(sorted(l.items()))): v for n, l, v in closed[0].record()["samples"]}
     key = tuple(sorted({"platform": "web", "channel": "inmail", "sender_type": "member",
                         "content_type": "text"}.items()))
@@ -70,7 +70,7 @@ def test_state_survives_a_round_trip() -> None:
     state.apply(mark(1, None, None, idle=True))  # an empty, idle source
     restored = OwnerState.loads(state.dumps())
     assert restored.dumps() == state.dumps()
-    assert restored.last_closed_start == T0
+    assert restored.watermark.last_closed_start == T0
     assert restored.windows == {T0 + 60: {"inmail": {SENT: 1}}}
 
 

@@ -1,0 +1,64 @@
+"""docs/metrics.md stays in step with the code: every exported metric and every recording
+rule is catalogued, and every ``messaging_…`` / ``messaging:…`` name in it exists."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from streams import catalogue
+from streams.exposition import WindowCollector
+from streams.pipeline_metrics import PipelineMetrics
+from tests.prometheus_rules import recording_rule_names
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+# a metric or rule name, not part of a longer name (topic names use dots, not matched)
+NAME = re.compile(r"(?<![\w:])messaging[_:][A-Za-z0-9_:]*[A-Za-z0-9]")
+GAUGE_HISTOGRAM_SUFFIXES = ("_bucket", "_gsum", "_gcount")
+
+
+def window_gauge_names() -> set[str]:
+    names = {entry[0] for entry in catalogue.COUNT_GAUGES}
+    return names | {catalogue.LATENCY, catalogue.WINDOW_END, catalogue.ACTIVE_SENDERS}
+
+
+def pipeline_names() -> tuple[set[str], set[str]]:
+    """(names to document, every sample name that may be mentioned)."""
+    registry = CollectorRegistry()
+    PipelineMetrics(registry)
+    families = list(registry.collect())
+    # the aggregate side's late counter is exported by the /metrics collector itself
+    families += list(WindowCollector(list, 60).collect())
+    documented, samples = set(), set()
+    for family in families:
+        # prometheus_client drops "_total" from a counter's family name
+        documented.add(family.name + "_total" if family.type == "counter" else family.name)
+        samples |= {s.name for s in family.samples if not s.name.endswith("_created")}
+    return documented, samples
+
+
+def doc_names() -> set[str]:
+    return set(NAME.findall(DOC.read_text()))
+
+
+def test_every_metric_and_rule_is_documented() -> None:
+    documented_pipeline, _ = pipeline_names()
+    required = window_gauge_names() | documented_pipeline | set(recording_rule_names())
+    missing = sorted(required - doc_names())
+    assert not missing, f"not in {DOC.name}: {missing}"
+
+
+def test_no_stale_names_in_the_doc() -> None:
+    gauges = window_gauge_names()
+    documented_pipeline, pipeline_samples = pipeline_names()
+    known = (
+        gauges
+        | {catalogue.LATENCY + suffix for suffix in GAUGE_HISTOGRAM_SUFFIXES}
+        | documented_pipeline
+        | pipeline_samples
+        | set(recording_rule_names())
+    )
+    stale = sorted(doc_names() - known)
+    assert not stale, f"named in {DOC.name} but exported by nothing: {stale}"

@@ -61,6 +61,31 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, duration=args.duration)
 
 
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from streams.replay import replay
+
+    _setup_logging(settings)
+    with open(args.input, "rb") as lines:
+        result = replay((line.rstrip(b"\n") for line in lines), settings)
+    out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
+    try:
+        for record in result.window_records(settings.window_seconds):
+            out.write(orjson.dumps({"kind": "window", **record}) + b"\n")
+        for flag in result.flags:
+            out.write(orjson.dumps({"kind": "flag", **flag.record()}) + b"\n")
+    finally:
+        if out is not sys.stdout.buffer:
+            out.close()
+    log.info(
+        "replayed %d events: %d windows, %d flags, %d invalid, %d late",
+        result.events, len(result.windows), len(result.flags), sum(result.invalid.values()),
+        result.late_events,
+    )
+    return 0
+
+
 def cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
     import signal
     import threading
@@ -96,12 +121,22 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     )
     demo.add_argument("--duration", type=float, default=None,
                       help="stop by itself after this many seconds (default: run until Ctrl-C)")
+    replay = sub.add_parser(
+        "replay", help="recompute every window and risk flag offline from a JSONL file of "
+        "events, with the worker's code (same settings, same results)"
+    )
+    replay.add_argument("input", help="JSONL file, one event per line (e.g. produce --sink jsonl)")
+    replay.add_argument("--output", default="-",
+                        help="where to write one JSON line per window and flag (default stdout)")
     kafka = sub.add_parser("kafka", help="run a local single-node Kafka broker until Ctrl-C")
     kafka.add_argument("--port", type=int, default=0, help="listener port (default: a free one)")
     return parser
 
 
-COMMANDS = {"worker": cmd_worker, "produce": cmd_produce, "demo": cmd_demo, "kafka": cmd_kafka}
+COMMANDS = {
+    "worker": cmd_worker, "produce": cmd_produce, "demo": cmd_demo, "replay": cmd_replay,
+    "kafka": cmd_kafka,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

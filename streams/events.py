@@ -169,3 +169,11 @@ def decode(raw: bytes | None, max_bytes: int) -> tuple[Any, Rejection | None]:
         return orjson.loads(raw), None
     except orjson.JSONDecodeError as exc:
         return None, Rejection("malformed_json", str(exc)[:200])
+
+
+def parse(raw: bytes | None, max_bytes: int) -> tuple[Any, Rejection | None]:
+    """Decode and validate one message value: the event, or why it is rejected."""
+    event, rejection = decode(raw, max_bytes)
+    if rejection is None:
+        rejection = validate(event)
+    return event, rejection

@@ -23,15 +23,14 @@ from typing import Any
 import orjson
 from aiokafka.structs import TopicPartition
 
-from streams import distinct
+from streams.batch_records import activity_records, mark_record, partial_records
 from streams.conversations import BatchWindows, Conversation, PartitionCore
-from streams.events import decode, validate
-from streams.kafka_io import BatchWriter, partition_for
-from streams.partials import GLOBAL_SEGMENT, encode, split_by_segment
+from streams.events import parse
+from streams.kafka_io import BatchWriter
 from streams.pipeline_metrics import PipelineMetrics
 from streams.settings import Settings
 from streams.stage import TransactionalStage
-from streams.windows import window_start
+from streams.windows import finite_or_none, or_minus_inf, window_start
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +76,7 @@ class IngestStage(TransactionalStage[IngestPartition]):
         core = state.core
         if key == CLOCK_KEY:
             if value is not None:
-                max_ts = orjson.loads(value)["max_ts"]
-                core.clock.max_ts = -math.inf if max_ts is None else max_ts
+                core.clock.max_ts = or_minus_inf(orjson.loads(value)["max_ts"])
             return
         assert key is not None
         conversation_id = key.decode()
@@ -96,9 +94,7 @@ class IngestStage(TransactionalStage[IngestPartition]):
         batch = BatchWindows()
         processed = tally.processed
         for message in messages:
-            event, rejection = decode(message.value, settings.max_event_bytes)
-            if rejection is None:
-                rejection = validate(event)
+            event, rejection = parse(message.value, settings.max_event_bytes)
             if rejection is not None:
                 tally.invalid[rejection.reason] = tally.invalid.get(rejection.reason, 0) + 1
                 await writer.add(
@@ -128,48 +124,26 @@ class IngestStage(TransactionalStage[IngestPartition]):
             )
         await writer.add(
             settings.ingest_state_topic, tp.partition, CLOCK_KEY,
-            orjson.dumps({"max_ts": _finite(core.clock.max_ts)}),
+            orjson.dumps({"max_ts": finite_or_none(core.clock.max_ts)}),
         )
 
     async def _send_partials(
         self, source: int, last_offset: int, batch: BatchWindows, writer: BatchWriter
     ) -> None:
         settings = self.settings
-        by_segment: dict[str, dict[str, dict[str, int]]] = {}
-        for start, counts in batch.counts.items():
-            for segment, part in split_by_segment(counts).items():
-                by_segment.setdefault(segment, {})[str(start)] = encode(part)
-        for segment, segment_windows in by_segment.items():
-            key = segment.encode()
-            record: dict[str, Any] = {
-                "kind": "partial", "segment": segment, "source": source,
-                "offset": last_offset, "windows": segment_windows,
-            }
-            if segment == GLOBAL_SEGMENT and batch.senders:
-                record["senders"] = {
-                    str(start): distinct.to_text(distinct.sketch_of(ids))
-                    for start, ids in batch.senders.items()
-                }
-            await writer.add(
-                settings.partials_topic, partition_for(key, settings.partials_partitions),
-                key, orjson.dumps(record),
-            )
+        for partition, key, record in partial_records(
+            source, last_offset, batch, settings.partials_partitions
+        ):
+            await writer.add(settings.partials_topic, partition, key, orjson.dumps(record))
 
     async def _send_activity(
         self, source: int, last_offset: int, batch: BatchWindows, writer: BatchWriter
     ) -> None:
-        """Per-sender activity, one record per risk partition: repartitioned by sender."""
-        partitions = self.settings.activity_partitions
-        targets: dict[int, dict[str, dict[str, list[int]]]] = {}
-        for start, senders in batch.activity.items():
-            window = str(start)
-            for sender, counts in senders.items():
-                target = targets.setdefault(partition_for(sender.encode(), partitions), {})
-                target.setdefault(window, {})[sender] = counts
-        for target, windows in targets.items():
-            record = {"kind": "activity", "source": source, "offset": last_offset,
-                      "windows": windows}
-            await writer.add(self.settings.activity_topic, target, None, orjson.dumps(record))
+        settings = self.settings
+        for partition, record in activity_records(
+            source, last_offset, batch, settings.activity_partitions
+        ):
+            await writer.add(settings.activity_topic, partition, None, orjson.dumps(record))
 
     # --- every transaction ----------------------------------------------------------------
     async def after_batch(self, writer: BatchWriter) -> None:
@@ -186,11 +160,7 @@ class IngestStage(TransactionalStage[IngestPartition]):
             if mark_id == partition.sent_mark:
                 continue
             partition.sent_mark = mark_id
-            value = orjson.dumps({
-                "kind": "mark", "source": source, "sources": self.input_partition_count,
-                "watermark": _finite(clock.watermark), "max_ts": _finite(clock.max_ts),
-                "idle": clock.idle,
-            })
+            value = orjson.dumps(mark_record(source, self.input_partition_count, clock))
             for topic, count in self._mark_targets:
                 for target in range(count):
                     await writer.add(topic, target, b"mark", value)
@@ -211,6 +181,3 @@ class IngestStage(TransactionalStage[IngestPartition]):
 def _window_index(ts: float, size: int) -> int | None:
     return window_start(ts, size) if math.isfinite(ts) else None
 
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None

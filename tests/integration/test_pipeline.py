@@ -22,6 +22,7 @@ from producers.profile import SimulationProfile
 from producers.simulator import Simulator
 from producers.sinks import KafkaSink
 from streams.kafka_io import ensure_topics
+from streams.replay import replay
 from streams.settings import Settings
 from tests import reference
 from tests.harness import WorkerProcess, read_topic, wait_until
@@ -54,24 +55,40 @@ def malformed_messages(count: int) -> list[tuple[bytes, str]]:
     return [kinds[i % len(kinds)] for i in range(count)]
 
 
-def produce(settings: Settings, events: list[dict[str, Any]], bad: list[tuple[bytes, str]]) -> None:
+def mixed(events: list[dict[str, Any]], bad: list[tuple[bytes, str]]) -> list[tuple[bytes, bytes]]:
+    """(key, value) in production order: the bad messages spread evenly through the run."""
+    step = len(events) // len(bad)
+    out = []
+    for i, event in enumerate(events):
+        out.append((event["conversation_id"].encode(), orjson.dumps(event)))
+        if i % step == step - 1 and i // step < len(bad):
+            out.append((event["conversation_id"].encode(), bad[i // step][0]))
+    return out
+
+
+def produce(settings: Settings, records: list[tuple[bytes, bytes]]) -> None:
     async def run() -> None:
         await ensure_topics(settings)
-        sink = KafkaSink(settings, settings.events_topic)
-        await sink.start()
-        step = len(events) // len(bad)
-        for i, (raw, _) in enumerate(bad):
-            await sink.write_many(events[i * step : (i + 1) * step])
-            key = events[i * step]["conversation_id"].encode()
-            await sink.write_raw([(key, raw)])
-        await sink.write_many(events[len(bad) * step :])
-        await sink.close()
+        async with KafkaSink(settings, settings.events_topic) as sink:
+            await sink.write_raw(records)
 
     asyncio.run(run())
 
 
 def window_samples_of(sample_list: list[list[Any]]) -> dict[reference.SampleKey, float]:
     return {(name, frozenset(labels.items())): value for name, labels, value in sample_list}
+
+
+def sum_owners(window_records: list[dict[str, Any]]) -> dict[reference.SampleKey, float]:
+    """One window's samples summed over its owners' records (window end taken once)."""
+    total: Counter[reference.SampleKey] = Counter()
+    for record in window_records:
+        for key, value in window_samples_of(record["samples"]).items():
+            if key[0] == "messaging_window_end_timestamp_seconds":
+                total[key] = value
+            else:
+                total[key] += value
+    return dict(total)
 
 
 RISK = {  # low thresholds, so that a short run raises flags of every rule
@@ -90,7 +107,9 @@ def test_windows_and_gauges_equal_an_independent_recount(
     )
     events = list(itertools.islice(simulator.events(), EVENTS))
     bad = malformed_messages(100)
-    produce(settings, events, bad)
+    records = mixed(events, bad)
+    reasons_expected = Counter(reason for _, reason in bad)
+    produce(settings, records)
 
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
@@ -131,20 +150,13 @@ def test_windows_and_gauges_equal_an_independent_recount(
 
         by_window = wait_until(published, 60, "every window to close")
         assert set(by_window) == expected_windows
-        for start, records in sorted(by_window.items()):
-            owners = [r["owner"] for r in records]
+        stream_totals = {}
+        for start, window_records in sorted(by_window.items()):
+            owners = [r["owner"] for r in window_records]
             assert len(owners) == len(set(owners)), f"window {start} published twice by an owner"
-            total: Counter[reference.SampleKey] = Counter()
-            for record in records:
-                for key, value in window_samples_of(record["samples"]).items():
-                    if key[0] == "messaging_window_end_timestamp_seconds":
-                        continue
-                    total[key] += value
-            expected = reference.samples(tallies[start], start + WINDOW)
-            expected.pop(("messaging_window_end_timestamp_seconds", frozenset()))
-            actual = {k: total.get(k, 0) for k in expected}
-            assert actual == expected, f"window {start}"
-            assert set(total) <= set(expected)
+            total = sum_owners(window_records)
+            assert total == reference.samples(tallies[start], start + WINDOW), f"window {start}"
+            stream_totals[start] = total
 
         # --- the gauges: the last closed window --------------------------------------
         last = max(expected_windows)
@@ -164,6 +176,8 @@ def test_windows_and_gauges_equal_an_independent_recount(
             partitions, WINDOW, velocity=4, reports=1, inmail_min=3, inmail_rate=0.5,
             horizon=600, bucket=120,
         )
+        replayed = replay((value for _, value in records), settings)
+
         assert {rule for rule, _, _ in expected_flags} == {
             "velocity", "spam_reports", "inmail_response"
         }
@@ -179,10 +193,21 @@ def test_windows_and_gauges_equal_an_independent_recount(
         assert flagged_gauge == {r: last_flags.get(r, 0) for r in flagged_gauge}
         assert set(flagged_gauge) == {"velocity", "spam_reports", "inmail_response"}
 
+        # --- the offline replay of the same run agrees exactly -------------------------
+        assert replayed.invalid == reasons_expected
+        assert {(f.rule, f.sender_id, f.window_start) for f in replayed.flags} == set(published)
+        by_flag = {(r["rule"], r["sender_id"], r["window_start"]): r for r in flag_records}
+        for flag in replayed.flags:  # the evidence too
+            assert flag.record() == by_flag[(flag.rule, flag.sender_id, flag.window_start)]
+        for record in replayed.window_records(WINDOW):
+            stream_total = stream_totals[record["window_start"]]
+            assert window_samples_of(record["samples"]) == stream_total
+        assert len(replayed.windows) == len(stream_totals)
+
         # --- the malformed input: DLQ, counted, reasons -------------------------------
         dlq = read_topic(settings, settings.dlq_topic)
         reasons = Counter(dict(m.headers)["dlq.reason"].decode() for m in dlq)
-        assert reasons == Counter(reason for _, reason in bad)
+        assert reasons == reasons_expected
         invalid = {
             dict(labels)["reason"]: v for (name, labels), v in scraped.items()
             if name == "messaging_invalid_events_total"

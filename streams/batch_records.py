@@ -1,0 +1,67 @@
+"""The records one ingest batch of one input partition sends downstream (pure).
+
+Shared by the live ingest stage and the offline replay, so both feed the aggregate
+owners and the risk owners exactly the same records.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streams import distinct
+from streams.conversations import BatchWindows
+from streams.kafka_io import partition_for
+from streams.partials import GLOBAL_SEGMENT, encode, split_by_segment
+from streams.windows import PartitionClock, finite_or_none
+
+Record = dict[str, Any]
+
+
+def partial_records(
+    source: int, last_offset: int, batch: BatchWindows, partials_partitions: int
+) -> list[tuple[int, bytes, Record]]:
+    """``(partials partition, key, record)``: one record per segment, keyed by segment."""
+    by_segment: dict[str, dict[str, dict[str, int]]] = {}
+    for start, counts in batch.counts.items():
+        for segment, part in split_by_segment(counts).items():
+            by_segment.setdefault(segment, {})[str(start)] = encode(part)
+    out = []
+    for segment, segment_windows in by_segment.items():
+        record: Record = {
+            "kind": "partial", "segment": segment, "source": source,
+            "offset": last_offset, "windows": segment_windows,
+        }
+        if segment == GLOBAL_SEGMENT and batch.senders:
+            record["senders"] = {
+                str(start): distinct.to_text(distinct.sketch_of(ids))
+                for start, ids in batch.senders.items()
+            }
+        key = segment.encode()
+        out.append((partition_for(key, partials_partitions), key, record))
+    return out
+
+
+def activity_records(
+    source: int, last_offset: int, batch: BatchWindows, activity_partitions: int
+) -> list[tuple[int, Record]]:
+    """Per-sender activity, one record per activity partition: repartitioned by sender."""
+    targets: dict[int, dict[str, dict[str, list[int]]]] = {}
+    for start, senders in batch.activity.items():
+        window = str(start)
+        for sender, counts in senders.items():
+            target = targets.setdefault(partition_for(sender.encode(), activity_partitions), {})
+            target.setdefault(window, {})[sender] = counts
+    return [
+        (target, {"kind": "activity", "source": source, "offset": last_offset,
+                  "windows": windows})
+        for target, windows in targets.items()
+    ]
+
+
+def mark_record(source: int, sources: int, clock: PartitionClock) -> Record:
+    """How far one input partition has got: its watermark, newest ts and idleness."""
+    return {
+        "kind": "mark", "source": source, "sources": sources,
+        "watermark": finite_or_none(clock.watermark), "max_ts": finite_or_none(clock.max_ts),
+        "idle": clock.idle,
+    }

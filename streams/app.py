@@ -80,16 +80,15 @@ class Worker:
         self.metrics_out = self.app.topic(
             settings.metrics_topic, key_serializer="raw", value_serializer="raw"
         )
-        self.owners = self.app.Table(
-            "aggregate-owners",
-            schema=faust.Schema(
-                key_type=str, value_type=bytes, key_serializer="json", value_serializer="raw"
-            ),
-            partitions=settings.partials_partitions,
-        )
+        # one value per partials partition: OwnerState.to_json(), Faust's json codec
+        self.owners = self.app.Table("aggregate-owners", partitions=settings.partials_partitions)
         self.ingest = IngestStage(settings, self.metrics)
         self.risk = RiskStage(settings)
         self.registry.register(WindowCollector(self._window_owners, settings.window_seconds))
+        owned = self.metrics.owned_partitions
+        owned.labels("ingest").set_function(lambda: len(self.ingest.partitions))
+        owned.labels("risk").set_function(lambda: len(self.risk.partitions))
+        owned.labels("aggregate").set_function(lambda: len(self._assigned_partials()))
         self.app.agent(self.partials, name="aggregate")(self._aggregate)
         self.app.task(self._run_stage(self.ingest))
         self.app.task(self._run_stage(self.risk))
@@ -101,13 +100,13 @@ class Worker:
         async for event in stream.events():
             partition = event.message.partition
             key = f"p{partition}"
-            raw = self.owners.get(key)
+            data = self.owners.get(key)
             state = (
-                OwnerState.loads(raw) if raw
+                OwnerState.from_json(data) if data
                 else OwnerState(partition, self.settings.window_seconds)
             )
             closed = state.apply(orjson.loads(event.value))
-            self.owners[key] = state.dumps()
+            self.owners[key] = state.to_json()
             for window in closed:
                 await self.metrics_out.send(
                     key=str(window.start).encode(), value=orjson.dumps(window.record())
@@ -117,15 +116,16 @@ class Worker:
     def _window_owners(self) -> list[WindowOwner]:
         return [*self._owned_states(), *self.risk.partitions.values()]
 
-    def _owned_states(self) -> list[OwnerState]:
+    def _assigned_partials(self) -> list[int]:
         assigned = self.app.consumer.assignment() if self.app.consumer else set()
+        return [tp.partition for tp in assigned if tp.topic == self.settings.partials_topic]
+
+    def _owned_states(self) -> list[OwnerState]:
         states = []
-        for tp in assigned:
-            if tp.topic != self.settings.partials_topic:
-                continue
-            raw = self.owners.get(f"p{tp.partition}")
-            if raw:
-                states.append(OwnerState.loads(raw))
+        for partition in self._assigned_partials():
+            data = self.owners.get(f"p{partition}")
+            if data:
+                states.append(OwnerState.from_json(data))
         return states
 
     # --- the batch stages ------------------------------------------------------------

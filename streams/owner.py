@@ -118,29 +118,33 @@ class OwnerState:
                 del self.recent[start]
         return closed
 
-    # --- what /metrics shows --------------------------------------------------------
     # --- persistence (one table value) ------------------------------------------------
     def dumps(self) -> bytes:
-        return orjson.dumps(
-            {
-                "owner": self.owner,
-                "window_size": self.window_size,
-                "windows": {
-                    str(s): {seg: encode(p) for seg, p in segs.items()}
-                    for s, segs in self.windows.items()
-                },
-                "senders": {str(s): distinct.to_text(raw) for s, raw in self.senders.items()},
-                "applied": self.applied,
-                "watermark": self.watermark.to_json(),
-                "recent": {str(s): encode(p) for s, p in self.recent.items()},
-                "late_events": self.late_events,
-                "duplicates": self.duplicates,
-            }
-        )
+        return orjson.dumps(self.to_json())
 
     @classmethod
     def loads(cls, raw: bytes) -> OwnerState:
-        data = orjson.loads(raw)
+        return cls.from_json(orjson.loads(raw))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON types only: the Faust table stores it with its json codec."""
+        return {
+            "owner": self.owner,
+            "window_size": self.window_size,
+            "windows": {
+                str(s): {seg: encode(p) for seg, p in segs.items()}
+                for s, segs in self.windows.items()
+            },
+            "senders": {str(s): distinct.to_text(raw) for s, raw in self.senders.items()},
+            "applied": self.applied,
+            "watermark": self.watermark.to_json(),
+            "recent": {str(s): encode(p) for s, p in self.recent.items()},
+            "late_events": self.late_events,
+            "duplicates": self.duplicates,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OwnerState:
         state = cls(data["owner"], data["window_size"])
         state.windows = {
             int(s): {seg: decode(p) for seg, p in segs.items()}

@@ -38,6 +38,12 @@ class PipelineMetrics:
             "Messages in the events topic not yet processed by this worker's ingest.",
             registry=registry,
         )
+        self.owned_partitions = Gauge(
+            "messaging_owned_partitions",
+            "Partitions this worker owns, by stage (ingest: events; aggregate: partials; "
+            "risk: sender activity).",
+            ["stage"], registry=registry,
+        )
         # zero series exist from the start, so rate() works from the first scrape
         for event_type in EVENT_TYPES:
             self.events_processed.labels(event_type)

@@ -9,10 +9,9 @@ be counted, and change nothing.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from typing import Any
 
 import orjson
@@ -20,12 +19,19 @@ import pytest
 
 from producers.profile import SimulationProfile
 from producers.simulator import Simulator
-from producers.sinks import KafkaSink
-from streams.kafka_io import ensure_topics
 from streams.replay import replay
 from streams.settings import Settings
 from tests import reference
 from tests.harness import WorkerProcess, read_topic, wait_until
+from tests.pipeline import (
+    assert_windows_equal_recount,
+    closed_windows,
+    last_window_gauges,
+    processed_total,
+    produce,
+    samples_of,
+    stored_events,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -66,31 +72,6 @@ def mixed(events: list[dict[str, Any]], bad: list[tuple[bytes, str]]) -> list[tu
     return out
 
 
-def produce(settings: Settings, records: list[tuple[bytes, bytes]]) -> None:
-    async def run() -> None:
-        await ensure_topics(settings)
-        async with KafkaSink(settings, settings.events_topic) as sink:
-            await sink.write_raw(records)
-
-    asyncio.run(run())
-
-
-def window_samples_of(sample_list: list[list[Any]]) -> dict[reference.SampleKey, float]:
-    return {(name, frozenset(labels.items())): value for name, labels, value in sample_list}
-
-
-def sum_owners(window_records: list[dict[str, Any]]) -> dict[reference.SampleKey, float]:
-    """One window's samples summed over its owners' records (window end taken once)."""
-    total: Counter[reference.SampleKey] = Counter()
-    for record in window_records:
-        for key, value in window_samples_of(record["samples"]).items():
-            if key[0] == "messaging_window_end_timestamp_seconds":
-                total[key] = value
-            else:
-                total[key] += value
-    return dict(total)
-
-
 RISK = {  # low thresholds, so that a short run raises flags of every rule
     "risk_velocity_messages": 4, "risk_spam_reports": 1, "risk_inmail_min_sent": 3,
     "risk_inmail_min_response_rate": 0.5, "risk_inmail_horizon_seconds": 600,
@@ -115,59 +96,24 @@ def test_windows_and_gauges_equal_an_independent_recount(
     try:
         started = time.monotonic()
 
-        def processed() -> float:
-            return sum(
-                v for (name, _), v in worker.scrape().items()
-                if name == "messaging_events_processed_total"
-            )
-
-        wait_until(lambda: processed() >= EVENTS, 120, "all events processed", 0.2)
+        wait_until(lambda: processed_total(worker) >= EVENTS, 120, "all events processed", 0.2)
         elapsed = time.monotonic() - started
         print(f"worker processed {EVENTS} events in {elapsed:.2f}s "
               f"({EVENTS / elapsed:,.0f} events/s, including start-up)")
 
         # --- the independent recount, from the events topic as stored ------------------
-        by_id = {e["event_id"]: e for e in events}
-        partitions: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for message in read_topic(settings, settings.events_topic):
-            try:
-                decoded = orjson.loads(message.value)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(decoded, dict) and by_id.get(decoded.get("event_id")) == decoded:
-                partitions[message.partition].append(decoded)
-        assert sum(len(v) for v in partitions.values()) == EVENTS
+        partitions = stored_events(settings, events)
         tallies = reference.recount(partitions, WINDOW)
-        expected_windows = set(tallies)
 
         # --- every closed window on the metrics topic ---------------------------------
-        def published() -> dict[int, list[Any]]:
-            by_window: dict[int, list[Any]] = defaultdict(list)
-            for message in read_topic(settings, settings.metrics_topic):
-                record = orjson.loads(message.value)
-                by_window[record["window_start"]].append(record)
-            return by_window if set(by_window) >= expected_windows else {}
-
-        by_window = wait_until(published, 60, "every window to close")
-        assert set(by_window) == expected_windows
-        stream_totals = {}
-        for start, window_records in sorted(by_window.items()):
-            owners = [r["owner"] for r in window_records]
-            assert len(owners) == len(set(owners)), f"window {start} published twice by an owner"
-            total = sum_owners(window_records)
-            assert total == reference.samples(tallies[start], start + WINDOW), f"window {start}"
-            stream_totals[start] = total
+        by_window = closed_windows(settings, set(tallies))
+        stream_totals = assert_windows_equal_recount(by_window, tallies, WINDOW)
 
         # --- the gauges: the last closed window --------------------------------------
-        last = max(expected_windows)
+        last = max(tallies)
         expected_gauges = reference.samples(tallies[last], last + WINDOW)
         names = {name for name, _ in expected_gauges}
-        scraped = wait_until(
-            lambda: (s := worker.scrape()).get(
-                ("messaging_window_end_timestamp_seconds", frozenset())
-            ) == last + WINDOW and s,
-            30, "the gauges of the last window",
-        )
+        scraped = last_window_gauges([worker], last + WINDOW)
         gauges = {k: v for k, v in scraped.items() if k[0] in names}
         assert gauges == expected_gauges
 
@@ -201,7 +147,7 @@ def test_windows_and_gauges_equal_an_independent_recount(
             assert flag.record() == by_flag[(flag.rule, flag.sender_id, flag.window_start)]
         for record in replayed.window_records(WINDOW):
             stream_total = stream_totals[record["window_start"]]
-            assert window_samples_of(record["samples"]) == stream_total
+            assert samples_of(record["samples"]) == stream_total
         assert len(replayed.windows) == len(stream_totals)
 
         # --- the malformed input: DLQ, counted, reasons -------------------------------
@@ -213,6 +159,6 @@ def test_windows_and_gauges_equal_an_independent_recount(
             if name == "messaging_invalid_events_total"
         }
         assert {r: c for r, c in invalid.items() if c} == dict(reasons)
-        assert processed() == EVENTS
+        assert processed_total(worker) == EVENTS
     finally:
         assert worker.stop() == 0

@@ -8,6 +8,7 @@ took, and counts every accepted event into per-window partials.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ from streams.partials import (
     Partial,
     latency_bucket,
 )
+from streams.settings import Settings
 from streams.windows import PartitionClock, window_start
 
 
@@ -62,6 +64,7 @@ class BatchWindows:
     senders: dict[int, set[str]] = field(default_factory=dict)
     touched: set[str] = field(default_factory=set)  # conversations whose state changed
     activity: dict[int, dict[str, list[int]]] = field(default_factory=dict)  # window, sender
+    event_ids: list[tuple[str, float]] = field(default_factory=list)  # accepted, with ts
 
     def sender_counts(self, start: int, sender: str) -> list[int]:
         window = self.activity.get(start)
@@ -75,15 +78,57 @@ class BatchWindows:
 
 @dataclass(slots=True)
 class PartitionCore:
-    """State and counting for one input partition."""
+    """State and counting for one input partition.
+
+    State is bounded in event time: a conversation is forgotten ``conversation_ttl``
+    seconds after it started, an event id ``dedup_horizon`` seconds after its event.
+    Both rules are applied when state is read (so results do not depend on where batch
+    boundaries fall); :meth:`expire` then drops what the rules already ignore.
+    """
 
     window_size: int
     lateness: float
+    conversation_ttl: float = 7 * 86_400.0
+    dedup_horizon: float = 3_600.0
+    max_ahead: float = 86_400.0
     conversations: dict[str, Conversation] = field(default_factory=dict)
+    event_ids: dict[str, float] = field(default_factory=dict)  # id -> ts, oldest first
     clock: PartitionClock = field(init=False)
 
     def __post_init__(self) -> None:
         self.clock = PartitionClock(self.lateness)
+
+    def admit(self, event: dict[str, Any]) -> str | None:
+        """Checks that need this partition's state: a rejection reason, or None."""
+        ts = event["ts"]
+        newest = self.clock.max_ts
+        if ts > newest + self.max_ahead and newest != -math.inf:  # the first sets the pace
+            return "timestamp_too_far_ahead"
+        seen = self.event_ids.get(event["event_id"])
+        if seen is not None and seen >= self.clock.max_ts - self.dedup_horizon:
+            return "duplicate_event_id"
+        return None
+
+    def expire(self) -> tuple[list[str], list[str]]:
+        """Drop conversations and event ids past their horizon; return what was dropped."""
+        now = self.clock.max_ts
+        dropped_conversations = []
+        oldest = now - self.conversation_ttl
+        for conversation_id, conversation in self.conversations.items():
+            if conversation.started_at >= oldest:
+                break  # started in time order, so the rest are younger
+            dropped_conversations.append(conversation_id)
+        for conversation_id in dropped_conversations:
+            del self.conversations[conversation_id]
+        dropped_ids = []
+        oldest = now - self.dedup_horizon
+        for event_id, ts in self.event_ids.items():
+            if ts >= oldest:
+                break
+            dropped_ids.append(event_id)
+        for event_id in dropped_ids:
+            del self.event_ids[event_id]
+        return dropped_conversations, dropped_ids
 
     def add(self, event: dict[str, Any], batch: BatchWindows) -> bool:
         """Apply one valid event; count it unless it is late. Returns False when late."""
@@ -91,8 +136,12 @@ class PartitionCore:
         ts = event["ts"]
         late = self.clock.is_late(ts, self.window_size)
         self.clock.observe(ts)
+        self.event_ids[event["event_id"]] = ts
+        batch.event_ids.append((event["event_id"], ts))
         conversation_id = event["conversation_id"]
         conversation = self.conversations.get(conversation_id)
+        if conversation is not None and conversation.started_at < ts - self.conversation_ttl:
+            conversation = None  # past its TTL: forgotten, whether or not expire() ran
         counts: Partial | None = None
         if not late:
             start = window_start(ts, self.window_size)
@@ -155,3 +204,11 @@ class PartitionCore:
             key = (EVENTS, kind)
             counts[key] = counts.get(key, 0) + 1
         return not late
+
+
+def new_core(settings: Settings) -> PartitionCore:
+    return PartitionCore(
+        settings.window_seconds, settings.allowed_lateness_seconds,
+        conversation_ttl=settings.conversation_ttl_seconds,
+        dedup_horizon=settings.dedup_horizon_seconds, max_ahead=settings.max_ahead_seconds,
+    )

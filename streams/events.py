@@ -38,6 +38,9 @@ REJECTION_REASONS: Final = (
     "invalid_enum",
     "invalid_timestamp",
     "unsupported_schema_version",
+    # need the partition's state (see PartitionCore.admit)
+    "duplicate_event_id",
+    "timestamp_too_far_ahead",
 )
 
 

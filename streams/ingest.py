@@ -24,8 +24,8 @@ import orjson
 from aiokafka.structs import TopicPartition
 
 from streams.batch_records import activity_records, mark_record, partial_records
-from streams.conversations import BatchWindows, Conversation, PartitionCore
-from streams.events import parse
+from streams.conversations import BatchWindows, Conversation, PartitionCore, new_core
+from streams.events import Rejection, parse
 from streams.kafka_io import BatchWriter
 from streams.pipeline_metrics import PipelineMetrics
 from streams.settings import Settings
@@ -35,11 +35,13 @@ from streams.windows import finite_or_none, or_minus_inf, window_start
 log = logging.getLogger(__name__)
 
 CLOCK_KEY = b"\x00clock"  # the partition clock's record in the state changelog
+IDS_PREFIX = b"\x00ids:"  # one record per batch: the event ids it accepted, with their ts
 
 
 @dataclass(slots=True)
 class IngestPartition:
     core: PartitionCore
+    id_records: dict[bytes, float] = field(default_factory=dict)  # key -> newest ts in it
     last_input_wall: float = field(default_factory=time.monotonic)
     sent_mark: tuple[Any, ...] | None = None  # last (window of wm, window of max_ts, idle)
 
@@ -69,8 +71,7 @@ class IngestStage(TransactionalStage[IngestPartition]):
 
     # --- state ----------------------------------------------------------------------------
     def new_state(self, partition: int) -> IngestPartition:
-        core = PartitionCore(self.settings.window_seconds, self.settings.allowed_lateness_seconds)
-        return IngestPartition(core)
+        return IngestPartition(new_core(self.settings))
 
     def restore_record(self, state: IngestPartition, key: bytes | None, value: bytes | None) -> None:
         core = state.core
@@ -79,6 +80,14 @@ class IngestStage(TransactionalStage[IngestPartition]):
                 core.clock.max_ts = or_minus_inf(orjson.loads(value)["max_ts"])
             return
         assert key is not None
+        if key.startswith(IDS_PREFIX):
+            if value is None:
+                state.id_records.pop(key, None)
+            else:
+                ids = orjson.loads(value)
+                core.event_ids.update(ids)
+                state.id_records[key] = max(ts for _, ts in ids)
+            return
         conversation_id = key.decode()
         if value is None:
             core.conversations.pop(conversation_id, None)
@@ -95,6 +104,10 @@ class IngestStage(TransactionalStage[IngestPartition]):
         processed = tally.processed
         for message in messages:
             event, rejection = parse(message.value, settings.max_event_bytes)
+            if rejection is None:
+                reason = core.admit(event)
+                if reason is not None:
+                    rejection = Rejection(reason, event["event_id"][:64])
             if rejection is not None:
                 tally.invalid[rejection.reason] = tally.invalid.get(rejection.reason, 0) + 1
                 await writer.add(
@@ -116,16 +129,38 @@ class IngestStage(TransactionalStage[IngestPartition]):
         self._next_offsets[tp.partition] = last_offset + 1
         await self._send_partials(tp.partition, last_offset, batch, writer)
         await self._send_activity(tp.partition, last_offset, batch, writer)
+        state_topic = settings.ingest_state_topic
         conversations = core.conversations
         for conversation_id in batch.touched:
             await writer.add(
-                settings.ingest_state_topic, tp.partition, conversation_id.encode(),
+                state_topic, tp.partition, conversation_id.encode(),
                 conversations[conversation_id].dumps(),
             )
+        if batch.event_ids:
+            key = IDS_PREFIX + str(last_offset).encode()
+            await writer.add(state_topic, tp.partition, key, orjson.dumps(batch.event_ids))
+            state.id_records[key] = max(ts for _, ts in batch.event_ids)
+        await self._expire(tp.partition, state, writer)
         await writer.add(
             settings.ingest_state_topic, tp.partition, CLOCK_KEY,
             orjson.dumps({"max_ts": finite_or_none(core.clock.max_ts)}),
         )
+
+    async def _expire(self, partition: int, state: IngestPartition, writer: BatchWriter) -> None:
+        """Forget what is past its horizon, and tombstone it in the compacted changelog."""
+        state_topic = self.settings.ingest_state_topic
+        dropped, _ = state.core.expire()
+        for conversation_id in dropped:
+            await writer.add(state_topic, partition, conversation_id.encode(), None)
+        oldest = state.core.clock.max_ts - self.settings.dedup_horizon_seconds
+        stale = []
+        for key, newest in state.id_records.items():
+            if newest >= oldest:
+                break
+            stale.append(key)
+        for key in stale:
+            del state.id_records[key]
+            await writer.add(state_topic, partition, key, None)
 
     async def _send_partials(
         self, source: int, last_offset: int, batch: BatchWindows, writer: BatchWriter

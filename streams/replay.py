@@ -16,7 +16,7 @@ from typing import Any
 
 from streams.batch_records import activity_records, mark_record, partial_records
 from streams.catalogue import FLAGGED_SENDERS, window_samples
-from streams.conversations import BatchWindows, PartitionCore
+from streams.conversations import BatchWindows, new_core
 from streams.events import parse
 from streams.kafka_io import partition_for
 from streams.owner import ClosedWindow, OwnerState
@@ -51,8 +51,8 @@ class ReplayResult:
 def replay(lines: Iterable[bytes], settings: Settings) -> ReplayResult:
     result = ReplayResult()
     sources = settings.events_partitions
-    size, lateness = settings.window_seconds, settings.allowed_lateness_seconds
-    cores = {p: PartitionCore(size, lateness) for p in range(sources)}
+    size = settings.window_seconds
+    cores = {p: new_core(settings) for p in range(sources)}
     batches = {p: BatchWindows() for p in range(sources)}
     offsets = dict.fromkeys(range(sources), -1)
     for raw in lines:
@@ -63,6 +63,10 @@ def replay(lines: Iterable[bytes], settings: Settings) -> ReplayResult:
             continue
         source = partition_for(event["conversation_id"].encode(), sources)
         offsets[source] += 1
+        reason = cores[source].admit(event)
+        if reason is not None:
+            result.invalid[reason] += 1
+            continue
         if not cores[source].add(event, batches[source]):
             result.late_events += 1
 

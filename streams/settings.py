@@ -129,6 +129,18 @@ class Settings(BaseSettings):
         ge=1000,
         description="Kafka transaction timeout of the ingest producer.",
     )
+    conversation_ttl_seconds: float = Field(
+        default=7 * 86_400, gt=0, description="Event-time seconds after its start that a "
+        "conversation is remembered (a later reply is not a first reply).",
+    )
+    dedup_horizon_seconds: float = Field(
+        default=3_600, gt=0, description="Event-time seconds an event id is remembered; a "
+        "repeat within it is rejected as duplicate_event_id.",
+    )
+    max_ahead_seconds: float = Field(
+        default=86_400, gt=0, description="Reject events this far ahead of their partition's "
+        "newest event time (timestamp_too_far_ahead): one bad clock cannot close every window.",
+    )
     max_event_bytes: int = Field(
         default=65_536, ge=256, description="Larger input messages are rejected."
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from streams.conversations import BatchWindows, Conversation, PartitionCore
@@ -9,9 +10,12 @@ from streams.conversations import BatchWindows, Conversation, PartitionCore
 T0 = 1_790_000_040.0  # a 60 s window boundary
 
 
+_ids = itertools.count()
+
+
 def sent(ts: float, sender: str, recipient: str, first: bool, channel: str = "inmail",
          cid: str = "c-1") -> dict[str, Any]:
-    return {"type": "message_sent", "ts": ts, "conversation_id": cid, "sender_id": sender,
+    return {"event_id": f"e-{next(_ids)}", "type": "message_sent", "ts": ts, "conversation_id": cid, "sender_id": sender,
             "recipient_id": recipient, "sender_type": "recruiter", "channel": channel,
             "content_type": "text", "platform": "web", "entry_point": "search",
             "first_in_conversation": first}
@@ -60,9 +64,9 @@ def test_reply_to_an_unknown_conversation_is_a_message_not_a_reply() -> None:
 
 def test_spam_report_takes_the_conversations_channel() -> None:
     core = PartitionCore(window_size=60, lateness=30)
-    report = {"type": "spam_reported", "ts": T0 + 3, "conversation_id": "c-1", "reported_id": "a",
+    report = {"event_id": "e-r", "type": "spam_reported", "ts": T0 + 3, "conversation_id": "c-1", "reported_id": "a",
               "reason": "scam", "platform": "ios"}
-    orphan = {**report, "conversation_id": "c-9"}
+    orphan = {**report, "conversation_id": "c-9", "event_id": "e-o"}
     windows, _ = run(core, [sent(T0 + 1, "a", "b", True, channel="sponsored"), report, orphan])
     assert windows[T0][("spam", "sponsored", "scam")] == 1
     assert windows[T0][("spam", "unknown", "scam")] == 1
@@ -81,3 +85,33 @@ def test_late_events_update_state_but_are_not_counted() -> None:
 def test_conversation_state_round_trips() -> None:
     conversation = Conversation(T0, "a", "b", "connection", "member", True)
     assert Conversation.loads(conversation.dumps()) == conversation
+
+
+def test_duplicate_event_ids_are_rejected_within_the_horizon_only() -> None:
+    core = PartitionCore(window_size=60, lateness=30, dedup_horizon=600)
+    batch = BatchWindows()
+    first = sent(T0 + 1, "a", "b", True)
+    assert core.admit(first) is None
+    core.add(first, batch)
+    assert core.admit(first) == "duplicate_event_id"
+    core.add(sent(T0 + 700, "x", "y", True, cid="c-2"), batch)  # 699 s later
+    assert core.admit(first) is None  # forgotten: past the horizon
+    assert batch.event_ids[0] == (first["event_id"], T0 + 1)
+
+
+def test_timestamps_far_ahead_of_the_partition_are_rejected() -> None:
+    core = PartitionCore(window_size=60, lateness=30, max_ahead=3600)
+    core.add(sent(T0, "a", "b", True), BatchWindows())
+    assert core.admit(sent(T0 + 3600, "a", "b", False)) is None
+    assert core.admit(sent(T0 + 3601, "a", "b", False)) == "timestamp_too_far_ahead"
+
+
+def test_conversations_expire_after_their_ttl_and_replies_then_do_not_count() -> None:
+    core = PartitionCore(window_size=60, lateness=30, conversation_ttl=3600)
+    batch = BatchWindows()
+    core.add(sent(T0, "a", "b", True), batch)
+    core.add(sent(T0 + 1800, "x", "y", True, cid="c-2"), batch)
+    core.add(sent(T0 + 3601, "b", "a", False), batch)  # a reply, but c-1 is past its TTL
+    assert all(("first_reply", "inmail") not in counts for counts in batch.counts.values())
+    dropped, _ = core.expire()
+    assert dropped == ["c-1"] and list(core.conversations) == ["c-2"]

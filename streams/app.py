@@ -71,6 +71,10 @@ class Worker:
             web_port=settings.metrics_port,
             web_host=settings.metrics_host,
             broker_commit_interval=1.0,
+            # no static membership here: Faust's assignor checks each member's web URL
+            # in the stored assignment, which a restart on another port would trip
+            broker_session_timeout=settings.session_timeout_ms / 1000,
+            broker_heartbeat_interval=max(1.0, settings.session_timeout_ms / 4000),
             producer_acks=-1,
         )
         self.partials = self.app.topic(

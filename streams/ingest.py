@@ -187,7 +187,8 @@ class IngestStage(TransactionalStage[IngestPartition]):
         size = self.settings.window_seconds
         for source, partition in self.partitions.items():
             clock = partition.core.clock
-            if not clock.idle and now - partition.last_input_wall >= self.settings.idle_timeout_seconds:
+            quiet = now - partition.last_input_wall >= self.settings.idle_timeout_seconds
+            if not clock.idle and quiet and await self._caught_up(source):
                 clock.idle = True
             mark_id = (
                 _window_index(clock.watermark, size), _window_index(clock.max_ts, size), clock.idle
@@ -199,6 +200,13 @@ class IngestStage(TransactionalStage[IngestPartition]):
             for topic, count in self._mark_targets:
                 for target in range(count):
                     await writer.add(topic, target, b"mark", value)
+
+    async def _caught_up(self, partition: int) -> bool:
+        """Nothing left to read: a partition that only waits its turn in a backlog is
+        quiet but not idle, and must keep holding the watermark back."""
+        tp = TopicPartition(self.input_topic, partition)
+        highwater = self.consumer.highwater(tp)
+        return highwater is not None and await self.consumer.position(tp) >= highwater
 
     def committed(self, events: int, seconds: float) -> None:
         tally, self._tally = self._tally, _Tally()

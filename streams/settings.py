@@ -141,6 +141,10 @@ class Settings(BaseSettings):
         default=86_400, gt=0, description="Reject events this far ahead of their partition's "
         "newest event time (timestamp_too_far_ahead): one bad clock cannot close every window.",
     )
+    session_timeout_ms: int = Field(
+        default=10_000, ge=6000, description="Consumer group session timeout: how long a "
+        "vanished worker's partitions wait before others take them.",
+    )
     max_event_bytes: int = Field(
         default=65_536, ge=256, description="Larger input messages are rejected."
     )
@@ -161,6 +165,15 @@ class Settings(BaseSettings):
     )
     producer_seed: int = Field(default=42, description="Simulator seed.")
     producer_members: int = Field(default=20_000, ge=10, description="Simulated population.")
+    producer_scenario: str = Field(
+        default="baseline",
+        description="Simulator scenario: baseline, spam-wave, reply-drop, latency-incident "
+        "or bot-sender; the incident starts 30 event-minutes in (docs/runbooks.md).",
+    )
+    producer_warmup_seconds: float = Field(
+        default=0.0, ge=0, description="Event-time seconds of history generated before the "
+        "start and sent as fast as possible, so rates and latencies start at steady state.",
+    )
 
     @field_validator("kafka_security_protocol")
     @classmethod

@@ -103,6 +103,11 @@ class TransactionalStage(ConsumerRebalanceListener, ABC, Generic[State]):
         options = self._options
         self.consumer = AIOKafkaConsumer(
             group_id=self.group_id,
+            # static membership: a restarted worker takes its partitions straight back
+            # instead of waiting out the dead incarnation's session
+            group_instance_id=f"{self.group_id}-{self.settings.worker_id}",
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, self.settings.session_timeout_ms // 4),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",

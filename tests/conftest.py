@@ -9,22 +9,29 @@ from collections.abc import Iterator
 
 import pytest
 
+from deploy.local_kafka import LocalKafka
 from streams.settings import Settings
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """A real broker: KAFKA_BOOTSTRAP_SERVERS if set, else a local one started here."""
+def kafka_broker() -> Iterator[LocalKafka | None]:
+    """The session's local broker, or None when KAFKA_BOOTSTRAP_SERVERS names one."""
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        yield None
         return
-    from deploy.local_kafka import LocalKafka
-
     broker = LocalKafka(Settings().cache_dir).start()
     try:
-        yield broker.bootstrap_servers
+        yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_broker: LocalKafka | None) -> str:
+    """A real broker: KAFKA_BOOTSTRAP_SERVERS if set, else the local one."""
+    if kafka_broker is None:
+        return os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+    return kafka_broker.bootstrap_servers
 
 
 @pytest.fixture

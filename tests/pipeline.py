@@ -49,24 +49,37 @@ def sum_owners(window_records: list[dict[str, Any]]) -> Samples:
 
 
 def stored_events(settings: Settings, wanted: list[dict[str, Any]]) -> dict[int, list[Any]]:
-    """The wanted events as the events topic holds them: per partition, in offset order."""
+    """The wanted events as the events topic holds them: per partition, in offset order.
+
+    A repeated event id counts once, at its first occurrence (the contract's dedup).
+    """
     by_id = {e["event_id"]: e for e in wanted}
     partitions: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    seen: set[str] = set()
     for message in read_topic(settings, settings.events_topic):
         try:
             decoded = orjson.loads(message.value)
         except orjson.JSONDecodeError:
             continue
-        if isinstance(decoded, dict) and by_id.get(decoded.get("event_id")) == decoded:
+        if not isinstance(decoded, dict) or decoded.get("event_id") in seen:
+            continue
+        if by_id.get(decoded.get("event_id")) == decoded:
+            seen.add(decoded["event_id"])
             partitions[message.partition].append(decoded)
     assert sum(len(v) for v in partitions.values()) == len(wanted)
     return partitions
 
 
-def closed_windows(settings: Settings, expected: set[int], timeout: float = 90) -> dict[int, Any]:
-    """Wait until every expected window is on the metrics topic; records by window start.
+def closed_windows(
+    settings: Settings, tallies: dict[int, Any], window: int, timeout: float = 90,
+    crashed: bool = False,
+) -> dict[int, Any]:
+    """Wait until every window of the recount is on the metrics topic, from every owner
+    that had a share of it (their records add up to the recount); records by window.
 
-    Also asserts that no owner published a window twice.
+    An owner may publish a window again after a crash (the topic is at-least-once,
+    idempotent by window and owner): the copies must be identical, and one is kept.
+    Without a crash (``crashed=False``) no window may be published twice.
     """
 
     def published() -> dict[int, list[Any]]:
@@ -74,24 +87,54 @@ def closed_windows(settings: Settings, expected: set[int], timeout: float = 90) 
         for message in read_topic(settings, settings.metrics_topic):
             record = orjson.loads(message.value)
             by_window[record["window_start"]].append(record)
-        return by_window if set(by_window) >= expected else {}
+        unique = {}
+        for start, records in by_window.items():
+            by_owner: dict[int, Any] = {}
+            for record in records:
+                previous = by_owner.setdefault(record["owner"], record)
+                if previous is not record:
+                    assert crashed, f"window {start} published twice by owner {record['owner']}"
+                    assert previous == record, f"window {start} published twice, differently"
+            unique[start] = list(by_owner.values())
+        return unique
 
-    by_window = wait_until(published, timeout, "every window to close")
-    for start, records in by_window.items():
-        owners = [r["owner"] for r in records]
-        assert len(owners) == len(set(owners)), f"window {start} published twice by an owner"
-    return by_window
+    def complete() -> dict[int, list[Any]] | None:
+        unique = published()
+        return unique if not window_differences(unique, tallies, window) else None
+
+    try:
+        return wait_until(complete, timeout, "every window to close, from every owner")
+    except TimeoutError:
+        unique = published()
+        assert not window_differences(unique, tallies, window)  # says what differs
+        raise
+
+
+def window_differences(
+    by_window: dict[int, Any], tallies: dict[int, Any], window: int
+) -> dict[Any, Any]:
+    """What differs between the published windows and the recount (empty: nothing)."""
+    if set(by_window) != set(tallies):
+        return {"windows": (sorted(set(by_window) ^ set(tallies)))}
+    out = {}
+    for start, records in sorted(by_window.items()):
+        total = sum_owners(records)
+        expected = reference.samples(tallies[start], start + window)
+        differing = {
+            k: (total.get(k), expected.get(k))
+            for k in set(expected) | set(total) if total.get(k) != expected.get(k)
+        }
+        if differing:
+            out[start] = differing
+    return out
 
 
 def assert_windows_equal_recount(
     by_window: dict[int, Any], tallies: dict[int, Any], window: int
 ) -> dict[int, Samples]:
-    assert set(by_window) == set(tallies)
-    totals = {}
-    for start, records in sorted(by_window.items()):
-        totals[start] = sum_owners(records)
-        assert totals[start] == reference.samples(tallies[start], start + window), start
-    return totals
+    differences = window_differences(by_window, tallies, window)
+    assert not differences, f"(stream, recount): {differences}"
+    return {start: sum_owners(records) for start, records in by_window.items()}
 
 
 def processed_total(*workers: WorkerProcess) -> float:

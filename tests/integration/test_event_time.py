@@ -82,7 +82,7 @@ def test_disorder_within_lateness_is_invisible_and_later_events_are_only_counted
             in_order[0].append(event)
         assert _samples(tallies) == _samples(reference.recount(dict(in_order), WINDOW))
 
-        by_window = closed_windows(settings, set(tallies))
+        by_window = closed_windows(settings, tallies, WINDOW)
         assert_windows_equal_recount(by_window, tallies, WINDOW)
         last = max(tallies)
         scraped = last_window_gauges([worker], last + WINDOW)

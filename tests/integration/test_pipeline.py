@@ -106,7 +106,7 @@ def test_windows_and_gauges_equal_an_independent_recount(
         tallies = reference.recount(partitions, WINDOW)
 
         # --- every closed window on the metrics topic ---------------------------------
-        by_window = closed_windows(settings, set(tallies))
+        by_window = closed_windows(settings, tallies, WINDOW)
         stream_totals = assert_windows_equal_recount(by_window, tallies, WINDOW)
 
         # --- the gauges: the last closed window --------------------------------------

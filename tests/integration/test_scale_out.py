@@ -58,7 +58,7 @@ def test_two_workers_split_the_partitions_and_sum_exactly(settings: Settings, tm
         wait_until(lambda: processed_total(*workers) >= len(events), 120, "all events counted")
 
         tallies = reference.recount(stored_events(settings, events), WINDOW)
-        by_window = closed_windows(settings, set(tallies))
+        by_window = closed_windows(settings, tallies, WINDOW)
         assert_windows_equal_recount(by_window, tallies, WINDOW)
         last = max(tallies)
         expected = reference.samples(tallies[last], last + WINDOW)

@@ -1,0 +1,226 @@
+"""Reliability on a real broker: bad input, kill -9, broker restart, rebalance.
+
+After each ordeal every closed window must equal the independent recount of the
+events topic exactly, every flag must be published once, and the bad input must all
+be in the DLQ with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+import pytest
+
+from producers.profile import SimulationProfile
+from producers.simulator import Simulator
+from producers.sinks import KafkaSink
+from streams.kafka_io import ensure_topics
+from streams.settings import Settings
+from tests import reference
+from tests.harness import WorkerProcess, read_topic, wait_until
+from tests.pipeline import (
+    assert_windows_equal_recount,
+    closed_windows,
+    encoded,
+    last_window_gauges,
+    processed_total,
+    produce,
+    stored_events,
+)
+
+pytestmark = pytest.mark.integration
+
+START_TS = 1_790_000_000.0
+WINDOW = 60
+
+
+def simulated(count: int, seed: int) -> list[dict[str, Any]]:
+    simulator = Simulator(
+        SimulationProfile(), seed=seed, start_ts=START_TS, rate=1000, speed=60, members=5000
+    )
+    return list(itertools.islice(simulator.events(), count))
+
+
+class PacedProducer(threading.Thread):
+    """Sends records in chunks at about ``rate`` records/s, so a run spans wall time."""
+
+    def __init__(self, settings: Settings, records: list[tuple[bytes, bytes]], rate: float):
+        super().__init__(daemon=True)
+        self.settings, self.records, self.rate = settings, records, rate
+        self.sent = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as exc:  # noqa: BLE001 - surfaced by join_checked()
+            self.error = exc
+
+    async def _run(self) -> None:
+        chunk = max(1, int(self.rate / 10))
+        async with KafkaSink(self.settings, self.settings.events_topic) as sink:
+            started = time.monotonic()
+            for i in range(0, len(self.records), chunk):
+                await sink.write_raw(self.records[i : i + chunk])
+                await sink.flush()
+                self.sent = i + chunk
+                await asyncio.sleep(max(0.0, started + self.sent / self.rate - time.monotonic()))
+
+    def join_checked(self, timeout: float = 120) -> None:
+        self.join(timeout)
+        assert not self.is_alive(), "producer did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+def check_run(settings: Settings, events: list[dict[str, Any]], workers: list[WorkerProcess],
+              crashed: bool) -> dict[int, Any]:
+    """Windows, flags and the last gauges equal the recount; return the tallies."""
+    tallies = reference.recount(stored_events(settings, events), WINDOW)
+    by_window = closed_windows(settings, tallies, WINDOW, timeout=120, crashed=crashed)
+    assert_windows_equal_recount(by_window, tallies, WINDOW)
+    flags = [orjson.loads(m.value) for m in read_topic(settings, settings.flagged_topic)]
+    keys = [(f["rule"], f["sender_id"], f["window_start"]) for f in flags]
+    assert len(keys) == len(set(keys)), "a flag was published twice"
+    last = max(tallies)
+    gauges = last_window_gauges(workers, last + WINDOW)
+    expected = reference.samples(tallies[last], last + WINDOW)
+    assert {k: v for k, v in gauges.items() if k in expected} == expected
+    return tallies
+
+
+# --- bad input ---------------------------------------------------------------------------
+def bad_inputs(
+    events: list[dict[str, Any]], count: int, rng: random.Random
+) -> list[tuple[bytes, bytes, str]]:
+    """``count`` bad messages of every kind, each keyed like the event it spoils (so it
+    lands in that conversation's partition) and with the reason it must get."""
+
+    def variant(i: int, e: dict[str, Any]) -> tuple[bytes, str]:
+        kind = i % 12
+        e = {**e, "event_id": f"bad-{i}"}
+        if kind == 0:
+            return b"{not json" + str(i).encode(), "malformed_json"
+        if kind == 1:
+            return orjson.dumps([e]), "not_an_object"
+        if kind == 2:
+            return orjson.dumps({k: v for k, v in e.items() if k != "type"}), "missing_field"
+        if kind == 3:
+            return orjson.dumps({**e, "ts": str(e["ts"])}), "wrong_type"
+        if kind == 4:
+            return orjson.dumps({**e, "platform": "blackberry"}), "invalid_enum"
+        if kind == 5:
+            return orjson.dumps({**e, "type": "message_deleted"}), "unknown_type"
+        if kind == 6:
+            return orjson.dumps({**e, "ts": 9e12}), "invalid_timestamp"
+        if kind == 7:
+            return orjson.dumps({**e, "ts": 1.0}), "invalid_timestamp"
+        if kind == 8:
+            return orjson.dumps({**e, "schema_version": 7}), "unsupported_schema_version"
+        if kind == 9:
+            return orjson.dumps({**e, "padding": "x" * 5000}), "too_large"
+        if kind == 10:
+            return orjson.dumps({**e, "ts": e["ts"] + 10 * 86_400}), "timestamp_too_far_ahead"
+        return orjson.dumps(original), "duplicate_event_id"  # an exact repeat
+
+    out = []
+    for i in range(count):
+        original = rng.choice(events)
+        raw, reason = variant(i, original)
+        out.append((original["conversation_id"].encode(), raw, reason))
+    return out
+
+
+def test_ten_thousand_bad_messages_are_all_accounted_for(base_settings: Settings, tmp_path) -> None:
+    settings = base_settings.model_copy(update={"max_event_bytes": 4096})
+    events = simulated(15_000, seed=21)
+    rng = random.Random(4)
+    bad = bad_inputs(events[:3000], 10_000, rng)
+    records = encoded(events)
+    # spread the bad ones through the run, after the events they copy or refer to
+    for key, raw, _ in bad:
+        records.insert(rng.randrange(3000, len(records)), (key, raw))
+    produce(settings, records)
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        check_run(settings, events, [worker], crashed=False)
+        dlq = read_topic(settings, settings.dlq_topic)
+        reasons = Counter(dict(m.headers)["dlq.reason"].decode() for m in dlq)
+        assert reasons == Counter(reason for _, _, reason in bad)
+        invalid = {
+            dict(labels)["reason"]: v for (name, labels), v in worker.scrape().items()
+            if name == "messaging_invalid_events_total" and v
+        }
+        assert invalid == dict(reasons)
+    finally:
+        assert worker.stop() == 0
+
+
+# --- kill -9 -----------------------------------------------------------------------------
+def test_kill_minus_9_at_random_points_loses_and_doubles_nothing(settings: Settings, tmp_path) -> None:
+    asyncio.run(ensure_topics(settings))
+    events = simulated(60_000, seed=33)
+    producer = PacedProducer(settings, encoded(events), rate=3000)
+    rng = random.Random(9)
+    worker = WorkerProcess(settings, tmp_path / "worker-0.log").start()
+    producer.start()
+    kills = []
+    try:
+        for crash in range(1, 4):
+            # a random point of this incarnation's work, mid-stream
+            point = rng.randrange(500, 6000)
+            wait_until(lambda w=worker, p=point: processed_total(w) >= p, 60,
+                       "progress before a kill", interval=0.05)
+            kills.append((producer.sent, processed_total(worker)))
+            worker.kill()  # SIGKILL: no flush, no commit, no goodbye
+            worker = WorkerProcess(settings, tmp_path / f"worker-{crash}.log").start()
+        producer.join_checked()
+        assert kills[0][0] < len(events) and kills[1][0] < len(events), kills  # mid-run
+        check_run(settings, events, [worker], crashed=True)
+    finally:
+        assert worker.stop() == 0
+
+
+# --- broker restart ----------------------------------------------------------------------
+def test_broker_restart_mid_run(kafka_broker, settings: Settings, tmp_path) -> None:
+    if kafka_broker is None:
+        pytest.skip("KAFKA_BOOTSTRAP_SERVERS points at an external broker: not ours to restart")
+    asyncio.run(ensure_topics(settings))
+    events = simulated(40_000, seed=44)
+    first, second = encoded(events[:20_000]), encoded(events[20_000:])
+    worker = WorkerProcess(settings, tmp_path / "worker.log").start()
+    try:
+        produce(settings, first)
+        time.sleep(1.0)
+        kafka_broker.restart()
+        produce(settings, second)
+        check_run(settings, events, [worker], crashed=True)
+    finally:
+        assert worker.stop() == 0
+
+
+# --- rebalance 1 -> 2 -> 1 -----------------------------------------------------------------
+def test_rebalance_one_two_one(settings: Settings, tmp_path) -> None:
+    asyncio.run(ensure_topics(settings))
+    events = simulated(45_000, seed=55)
+    thirds = [encoded(events[i : i + 15_000]) for i in range(0, 45_000, 15_000)]
+    first = WorkerProcess(settings, tmp_path / "worker-1.log", worker_id="w1").start()
+    try:
+        produce(settings, thirds[0])
+        second = WorkerProcess(settings, tmp_path / "worker-2.log", worker_id="w2").start()
+        try:
+            produce(settings, thirds[1])
+            time.sleep(2.0)
+        finally:
+            assert second.stop() == 0  # graceful: it commits and leaves the group
+        produce(settings, thirds[2])
+        check_run(settings, events, [first], crashed=False)
+    finally:
+        assert first.stop() == 0

@@ -21,26 +21,10 @@ def _setup_logging(settings: Settings) -> None:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    import faust
-
-    from streams.app import Worker
-    from streams.kafka_io import ensure_topics
+    from streams.worker import run_worker
 
     _setup_logging(settings)
-    asyncio.run(ensure_topics(settings))
-    asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop
-    worker = Worker(settings)
-    worker.app.on_before_shutdown.connect(_stop_stages_first(worker))
-    faust.Worker(worker.app, loglevel=settings.log_level.lower(), quiet=True).execute_from_commandline()
-    return 0
-
-
-def _stop_stages_first(worker: object) -> object:
-    async def on_before_shutdown(app: object, **kwargs: object) -> None:
-        # finish and commit the batch in flight before Faust tears the loop down
-        await worker.stop_stages()  # type: ignore[attr-defined]
-
-    return on_before_shutdown
+    return run_worker(settings)
 
 
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:

@@ -145,6 +145,10 @@ class Settings(BaseSettings):
         default=10_000, ge=6000, description="Consumer group session timeout: how long a "
         "vanished worker's partitions wait before others take them.",
     )
+    shutdown_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="On SIGTERM the worker commits its batch in flight "
+        "and stops; past this bound it exits anyway.",
+    )
     max_event_bytes: int = Field(
         default=65_536, ge=256, description="Larger input messages are rejected."
     )

@@ -1,0 +1,74 @@
+"""Running the worker process: topics, the Faust worker, and a bounded, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import Any
+
+import faust
+
+from streams.app import Worker
+from streams.kafka_io import ensure_topics
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings) -> int:
+    asyncio.run(ensure_topics(settings))
+    asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop
+    worker = Worker(settings)
+    GracefulWorker(
+        worker, settings.shutdown_timeout_seconds, loglevel=settings.log_level.lower(),
+        quiet=True,
+    ).execute_from_commandline()
+    return 0
+
+
+class GracefulWorker(faust.Worker):
+    """Faust's worker, with our stages stopped first and a bound on the whole shutdown.
+
+    On SIGTERM/SIGINT the batch stages finish and commit the batch in flight, then Faust
+    stops. Faust can hang when told to stop in the middle of a rebalance; everything of
+    ours is committed by then (and its own side is at-least-once with dedup), so after
+    ``timeout`` seconds the process exits anyway, with 0 if our stages stopped cleanly.
+    """
+
+    def __init__(self, worker: Worker, timeout: float, **kwargs: Any) -> None:
+        super().__init__(worker.app, **kwargs)
+        self._messaging = worker
+        self._timeout = timeout
+        self._stages_stopped = False
+        self._shutting_down = False
+
+    def _on_sigterm(self) -> None:
+        self._begin_shutdown()
+        super()._on_sigterm()
+
+    def _on_sigint(self) -> None:
+        self._begin_shutdown()
+        super()._on_sigint()
+
+    def _begin_shutdown(self) -> None:
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+
+        async def stop_stages() -> None:
+            await self._messaging.stop_stages()
+            self._stages_stopped = True
+            log.info("batch stages committed and stopped")
+
+        asyncio.ensure_future(stop_stages(), loop=self.loop)
+        watchdog = threading.Timer(self._timeout, self._force_exit)
+        watchdog.daemon = True
+        watchdog.start()
+
+    def _force_exit(self) -> None:
+        log.warning("shutdown took over %.0fs; exiting (stages stopped: %s)",
+                    self._timeout, self._stages_stopped)
+        logging.shutdown()
+        os._exit(0 if self._stages_stopped else 1)

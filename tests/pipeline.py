@@ -160,3 +160,33 @@ def last_window_gauges(workers: list[WorkerProcess], window_end: float) -> Sampl
             else:
                 total[key] += value
     return dict(total)
+
+
+def assert_labels_are_enumerations(scraped: Samples) -> None:
+    """No ids, no free text: every label value on /metrics is from a known enumeration."""
+    from streams.catalogue import RISK_RULES
+    from streams.events import (
+        CHANNELS,
+        CONTENT_TYPES,
+        ENTRY_POINTS,
+        EVENT_TYPES,
+        PLATFORMS,
+        REJECTION_REASONS,
+        SENDER_TYPES,
+        SPAM_REASONS,
+    )
+
+    allowed = {
+        "platform": set(PLATFORMS), "channel": {*CHANNELS, "unknown"},
+        "sender_type": set(SENDER_TYPES), "content_type": set(CONTENT_TYPES),
+        "entry_point": set(ENTRY_POINTS), "type": set(EVENT_TYPES),
+        "reason": {*SPAM_REASONS, *REJECTION_REASONS, *RISK_RULES},
+        "stage": {"ingest", "aggregate", "risk"},
+    }
+    for name, labels in scraped:
+        for label, value in labels:
+            if label == "le":
+                assert value == "+Inf" or float(value) >= 0, (name, label, value)
+                continue
+            assert label in allowed, f"{name} has an unknown label {label}={value!r}"
+            assert value in allowed[label], f"{name}{{{label}={value!r}}} is not an enumeration"

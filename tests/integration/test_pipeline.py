@@ -24,6 +24,7 @@ from streams.settings import Settings
 from tests import reference
 from tests.harness import WorkerProcess, read_topic, wait_until
 from tests.pipeline import (
+    assert_labels_are_enumerations,
     assert_windows_equal_recount,
     closed_windows,
     last_window_gauges,
@@ -114,6 +115,7 @@ def test_windows_and_gauges_equal_an_independent_recount(
         expected_gauges = reference.samples(tallies[last], last + WINDOW)
         names = {name for name, _ in expected_gauges}
         scraped = last_window_gauges([worker], last + WINDOW)
+        assert_labels_are_enumerations(worker.scrape())
         gauges = {k: v for k, v in scraped.items() if k[0] in names}
         assert gauges == expected_gauges
 

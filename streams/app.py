@@ -86,6 +86,8 @@ class Worker:
         )
         # one value per partials partition: OwnerState.to_json(), Faust's json codec
         self.owners = self.app.Table("aggregate-owners", partitions=settings.partials_partitions)
+        self._states: dict[int, OwnerState] = {}  # owned partials partition -> live state
+        self.app.on_partitions_revoked.connect(self._forget_revoked)
         self.ingest = IngestStage(settings, self.metrics)
         self.risk = RiskStage(settings)
         self.registry.register(WindowCollector(self._window_owners, settings.window_seconds))
@@ -103,19 +105,32 @@ class Worker:
     async def _aggregate(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
             partition = event.message.partition
-            key = f"p{partition}"
-            data = self.owners.get(key)
-            state = (
-                OwnerState.from_json(data) if data
-                else OwnerState(partition, self.settings.window_seconds)
-            )
+            state = self._owner_state(partition)
             closed = state.apply(orjson.loads(event.value))
-            self.owners[key] = state.to_json()
+            self.owners[f"p{partition}"] = state.to_json()
             for window in closed:
                 await self.metrics_out.send(
                     key=str(window.start).encode(), value=orjson.dumps(window.record())
                 )
                 log.info("closed window %d (owner %d)", window.start, partition)
+
+    def _owner_state(self, partition: int) -> OwnerState:
+        """The live state of an owned partition: from memory, else from the table (which
+        Faust restored from its changelog on assignment)."""
+        state = self._states.get(partition)
+        if state is None:
+            data = self.owners.get(f"p{partition}")
+            state = (
+                OwnerState.from_json(data) if data
+                else OwnerState(partition, self.settings.window_seconds)
+            )
+            self._states[partition] = state
+        return state
+
+    async def _forget_revoked(self, app: Any, revoked: set[Any], **kwargs: Any) -> None:
+        for tp in revoked:
+            if tp.topic == self.settings.partials_topic:
+                self._states.pop(tp.partition, None)
 
     def _window_owners(self) -> list[WindowOwner]:
         return [*self._owned_states(), *self.risk.partitions.values()]
@@ -125,12 +140,7 @@ class Worker:
         return [tp.partition for tp in assigned if tp.topic == self.settings.partials_topic]
 
     def _owned_states(self) -> list[OwnerState]:
-        states = []
-        for partition in self._assigned_partials():
-            data = self.owners.get(f"p{partition}")
-            if data:
-                states.append(OwnerState.from_json(data))
-        return states
+        return [self._owner_state(partition) for partition in self._assigned_partials()]
 
     # --- the batch stages ------------------------------------------------------------
     def _run_stage(self, stage: TransactionalStage[Any]) -> Callable[[], Awaitable[None]]:

@@ -119,8 +119,60 @@ _FIELDS: Final[dict[str, _Spec]] = {
 }
 
 
+# The hot path: per type, (text fields, bool fields, (enum field, allowed values)).
+_FAST: Final = {
+    event_type: (
+        tuple(n for n, k in spec.items() if k == "str"),
+        tuple(n for n, k in spec.items() if k == "bool"),
+        tuple((n, frozenset(k)) for n, k in spec.items() if isinstance(k, tuple)),
+    )
+    for event_type, spec in _FIELDS.items()
+}
+
+
 def validate(event: Any) -> Rejection | None:
-    """Check one decoded event against the contract; ``None`` means valid."""
+    """Check one decoded event against the contract; ``None`` means valid.
+
+    Valid events take a fast path of plain type and membership checks; only a
+    rejected event is walked field by field to say precisely what is wrong.
+    """
+    if type(event) is dict:
+        event_type = event.get("type")
+        fast = _FAST.get(event_type) if type(event_type) is str else None
+        if fast is not None and _conforms(event, *fast):
+            return None
+    return _explain(event)
+
+
+def _conforms(
+    event: dict[str, Any],
+    texts: tuple[str, ...],
+    flags: tuple[str, ...],
+    enums: tuple[tuple[str, frozenset[str]], ...],
+) -> bool:
+    get = event.get
+    version = get("schema_version")
+    if type(version) is not int or version != SCHEMA_VERSION:
+        return False
+    ts = get("ts")
+    if (type(ts) is not float and type(ts) is not int) or not MIN_TS <= ts < MAX_TS:
+        return False  # (NaN fails the comparison too)
+    for name in texts:
+        value = get(name)
+        if type(value) is not str or not value:
+            return False
+    for name in flags:
+        if type(get(name)) is not bool:
+            return False
+    for name, allowed in enums:
+        value = get(name)
+        if type(value) is not str or value not in allowed:
+            return False
+    return True
+
+
+def _explain(event: Any) -> Rejection | None:
+    """The precise reason an event is rejected (None if it is in fact valid)."""
     if not isinstance(event, dict):
         return Rejection("not_an_object", type(event).__name__)
     event_type = event.get("type")

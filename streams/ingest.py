@@ -14,6 +14,7 @@ state from the changelog and reprocesses the batch, so nothing is lost or double
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -102,7 +103,9 @@ class IngestStage(TransactionalStage[IngestPartition]):
         core = state.core
         batch = BatchWindows()
         processed = tally.processed
-        for message in messages:
+        for index, message in enumerate(messages):
+            if index & 2047 == 2047:
+                await asyncio.sleep(0)  # let the aggregate agent and /metrics have a turn
             event, rejection = parse(message.value, settings.max_event_bytes)
             if rejection is None:
                 reason = core.admit(event)

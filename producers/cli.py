@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from aiokafka.errors import KafkaError
 
 from producers.run import run_producer
+from producers.scenarios import INCIDENT_AFTER_SECONDS, SCENARIO_NAMES
 from producers.sinks import JsonlSink, KafkaSink, Sink
 
 if TYPE_CHECKING:
@@ -86,6 +87,30 @@ def add_arguments(parser: argparse.ArgumentParser, settings: Settings) -> None:
         help="event time of the start, epoch seconds or ISO 8601 (default: now)",
     )
     parser.add_argument(
+        "--scenario",
+        choices=SCENARIO_NAMES,
+        default=settings.producer_scenario,
+        help="baseline traffic, or an incident starting --incident-after event seconds "
+        "after the start (see docs/runbooks.md) (default %(default)s, env PRODUCER_SCENARIO)",
+    )
+    parser.add_argument(
+        "--incident-after",
+        type=float,
+        metavar="SECONDS",
+        default=INCIDENT_AFTER_SECONDS,
+        help="event-time seconds from the start to the scenario's incident "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        metavar="SECONDS",
+        default=settings.producer_warmup_seconds,
+        help="event-time seconds of history before the start, sent as fast as possible so "
+        "that reply rates and latencies are at steady state when pacing begins; --events "
+        "and --duration count it too (default %(default)s, env PRODUCER_WARMUP_SECONDS)",
+    )
+    parser.add_argument(
         "--sink",
         choices=("kafka", "jsonl"),
         default="kafka",
@@ -106,6 +131,15 @@ def add_arguments(parser: argparse.ArgumentParser, settings: Settings) -> None:
 
 async def main(args: argparse.Namespace, settings: Settings) -> int:
     """Run the producer; SIGINT/SIGTERM stop it cleanly (flushed, reported)."""
+    scenario = getattr(args, "scenario", "baseline")
+    if scenario not in SCENARIO_NAMES:  # argparse does not check defaults (the env's)
+        log.error("unknown scenario %r; choose from %s", scenario, ", ".join(SCENARIO_NAMES))
+        return 2
+    warmup = getattr(args, "warmup", 0.0)
+    incident_after = getattr(args, "incident_after", INCIDENT_AFTER_SECONDS)
+    if warmup < 0 or incident_after < 0:
+        log.error("--warmup and --incident-after must be >= 0")
+        return 2
     sink: Sink
     try:
         sink = JsonlSink(args.output) if args.sink == "jsonl" else KafkaSink(settings, args.topic)
@@ -124,6 +158,9 @@ async def main(args: argparse.Namespace, settings: Settings) -> int:
             seed=args.seed,
             start_ts=args.start_ts,
             members=getattr(args, "members", None),
+            scenario=scenario,
+            warmup=warmup,
+            incident_after=incident_after,
         )
     except (KafkaError, RuntimeError, OSError) as exc:
         log.error("producer failed: %s", exc)
@@ -132,10 +169,11 @@ async def main(args: argparse.Namespace, settings: Settings) -> int:
         for remove in removers:
             remove()
     log.info(
-        "produced %d events in %.1f s: %.0f events/s",
+        "produced %d events in %.1f s: %.0f events/s%s",
         report.events_sent,
         report.elapsed_seconds,
         report.events_per_second,
+        f" ({report.warmup_events} of them warmup)" if report.warmup_events else "",
     )
     return 0
 

@@ -41,10 +41,7 @@ def build_population(size: int, profile: SimulationProfile, rng: random.Random) 
     for i in rng.sample(recipients, min(n_abusive, len(recipients))):
         abusive[i] = True
     connections = _connect(size, recipients, profile.mean_connections, rng)
-    activity = max(1, round(profile.abusive_activity))
-    starter_pool: dict[str, list[int]] = {t: [] for t in SENDER_TYPES}
-    for i, sender_type in enumerate(sender_types):
-        starter_pool[sender_type].extend([i] * (activity if abusive[i] else 1))
+    starter_pool = starter_pools(sender_types, abusive, profile.abusive_activity)
     return Population(
         ids=ids,
         sender_types=sender_types,
@@ -54,6 +51,21 @@ def build_population(size: int, profile: SimulationProfile, rng: random.Random) 
         starter_pool=starter_pool,
         recipients=recipients,
     )
+
+
+def starter_pools(
+    sender_types: list[str], abusive: list[bool], abusive_activity: float
+) -> dict[str, list[int]]:
+    """Who starts conversations, per type: abusers appear ``abusive_activity`` times.
+
+    Deterministic (no randomness), so a scenario can rebuild the pools of the same
+    population for a phase with another ``abusive_activity``.
+    """
+    activity = max(1, round(abusive_activity))
+    pools: dict[str, list[int]] = {t: [] for t in SENDER_TYPES}
+    for i, sender_type in enumerate(sender_types):
+        pools[sender_type].extend([i] * (activity if abusive[i] else 1))
+    return pools
 
 
 def _assign_types(size: int, profile: SimulationProfile, rng: random.Random) -> list[str]:

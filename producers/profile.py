@@ -106,6 +106,12 @@ class SimulationProfile:
     read_probability: float = 0.80  # of a message that gets no answer
     read_delay: LogNormal = (15 * 60.0, 1.6)
     max_latency_seconds: float = 3 * 86_400.0  # log-normal tails are cut here
+    # seconds before a recipient can first answer, added to the first-reply latency (a
+    # notification backlog: the recipient only learns of the message this much later)
+    first_reply_delay: float = 0.0
+    # share of replies (any message but the opener) that fail to send (a broken reply
+    # box): the member gives up and the conversation ends there
+    reply_failure_probability: float = 0.0
     # risk
     abusive_share: float = 0.01  # of accounts
     abusive_activity: float = 6.0  # how many times more conversations an abuser starts
@@ -156,6 +162,8 @@ class SimulationProfile:
             _check_shares(f"report_reasons[{kind}]", reasons, REPORT_REASONS)
         if not 0.0 <= self.diurnal_amplitude < 1.0:
             raise ValueError("diurnal_amplitude must be in [0, 1)")
+        if not 0.0 <= self.reply_failure_probability <= 1.0 or self.first_reply_delay < 0:
+            raise ValueError("reply_failure_probability must be in [0, 1], first_reply_delay >= 0")
 
 
 def _check_shares(name: str, shares: Shares, allowed: tuple[str, ...]) -> None:
@@ -166,3 +174,47 @@ def _check_shares(name: str, shares: Shares, allowed: tuple[str, ...]) -> None:
         raise ValueError(f"{name}: negative share")
     if abs(sum(shares.values()) - 1.0) > 1e-6:
         raise ValueError(f"{name}: shares sum to {sum(shares.values())}, not 1")
+
+
+@dataclass(frozen=True)
+class BotSenders:
+    """A few accounts sending at machine speed (outreach automation, a hijacked account).
+
+    Each bot account opens ``messages_per_minute`` new conversations per event-time
+    minute (Poisson), on the connection channel, to random members found by search.
+    Their recipients answer ``reply_factor`` times as often as usual and report them
+    with ``report_probability``.
+    """
+
+    accounts: int = 3
+    messages_per_minute: float = 60.0
+    reply_factor: float = 0.2
+    report_probability: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.accounts < 1 or self.messages_per_minute <= 0:
+            raise ValueError("bots need at least one account and a positive rate")
+        if not 0.0 <= self.report_probability <= 1.0 or self.reply_factor < 0:
+            raise ValueError("report_probability must be in [0, 1], reply_factor >= 0")
+
+
+# What a phase may not change: these shape the population (built once) or the traffic
+# volume (the pacing of conversation starts), not the members' behaviour.
+FIXED_FIELDS = (
+    "account_shares",
+    "mean_connections",
+    "abusive_share",
+    "diurnal_amplitude",
+    "diurnal_peak_hour_utc",
+    "default_rate",
+    "events_per_conversation",
+)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """From event time ``start_ts`` on, messages follow ``profile`` (and ``bots`` send)."""
+
+    start_ts: float
+    profile: SimulationProfile
+    bots: BotSenders | None = None

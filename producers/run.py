@@ -1,17 +1,23 @@
-"""Drive the simulator into a sink at a wall-clock rate, bounded by count or duration."""
+"""Drive the simulator into a sink at a wall-clock rate, bounded by count or duration.
+
+A run may start with a warmup: ``warmup`` event-time seconds of history before the start,
+sent as fast as possible, so that reply rates and latencies are at steady state when the
+paced part begins. A ``scenario`` (producers.scenarios) puts an incident in the paced part.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING
 
 from producers.profile import SimulationProfile
-from producers.simulator import Event, Simulator
+from producers.scenarios import INCIDENT_AFTER_SECONDS, build_scenario
+from producers.simulator import Event
 from producers.sinks import Sink
 
 if TYPE_CHECKING:
@@ -31,6 +37,7 @@ class ProduceReport:
     first_ts: float | None  # event time of the first and last event sent
     last_ts: float | None
     cancelled: bool = False
+    warmup_events: int = 0  # of events_sent, the warmup's (sent before pacing began)
 
 
 ProgressCallback = Callable[[ProduceReport], None]
@@ -52,57 +59,87 @@ async def run_producer(
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
     log_interval: float = 5.0,
+    scenario: str = "baseline",
+    warmup: float = 0.0,
+    incident_after: float = INCIDENT_AFTER_SECONDS,
 ) -> ProduceReport:
     """Send ``events`` events (or for ``duration`` wall seconds, or until cancelled).
 
-    ``rate`` is events per wall second (0: as fast as possible). The sink is closed
-    (flushed) before returning. Cancellation is a normal way to stop: the chunk in
+    ``rate`` is events per wall second (0: as fast as possible). ``warmup`` event-time
+    seconds of history before ``start_ts`` go first, as fast as possible; ``events`` and
+    ``duration`` count them too. ``scenario`` names a producers.scenarios scenario whose
+    incident starts ``incident_after`` event seconds after ``start_ts``. The sink is
+    closed (flushed) before returning. Cancellation is a normal way to stop: the chunk in
     flight is finished, the sink flushed, and the report (``cancelled=True``) returned.
     """
-    sent, first_ts, last_ts, cancelled = 0, None, None, False
+    sent, warmup_sent, first_ts, last_ts, cancelled = 0, 0, None, None, False
     started = monotonic()
     last_log_at, last_log_sent = started, 0
 
     def report() -> ProduceReport:
         elapsed = monotonic() - started
         per_second = sent / elapsed if elapsed > 0 else 0.0
-        return ProduceReport(sent, elapsed, per_second, first_ts, last_ts, cancelled)
+        return ProduceReport(
+            sent, elapsed, per_second, first_ts, last_ts, cancelled, warmup_sent
+        )
 
     try:
-        if rate < 0 or (events is not None and events < 0):
-            raise ValueError("rate and events must be >= 0")
-        stream = Simulator(
-            profile,
+        if rate < 0 or (events is not None and events < 0) or warmup < 0:
+            raise ValueError("rate, events and warmup must be >= 0")
+        begin = clock() if start_ts is None else start_ts
+        chosen = build_scenario(
+            scenario, start_ts=begin, incident_after=incident_after, profile=profile
+        )
+        stream = chosen.simulator(
             seed=seed,
-            start_ts=clock() if start_ts is None else start_ts,
+            start_ts=begin - warmup,
             rate=rate,
             speed=speed,
             members=settings.producer_members if members is None else members,
         ).events()
+        if chosen.incident_start is not None:
+            log.info("scenario %s: %s, from event time %.0f", chosen.name, chosen.summary,
+                     chosen.incident_start)
+        history, paced = _split_at(stream, begin)
         chunk = max(1, min(MAX_CHUNK, int(rate * TICK_SECONDS))) if rate > 0 else MAX_CHUNK
-        while events is None or sent < events:
-            now = monotonic()
-            if duration is not None and now - started >= duration:
-                break
-            size = chunk if events is None else min(chunk, events - sent)
-            batch: list[Event] = list(islice(stream, size))
-            interrupted = await _write_whole(sink, batch)
-            sent += len(batch)
-            first_ts = batch[0]["ts"] if first_ts is None else first_ts
-            last_ts = batch[-1]["ts"]
-            if interrupted:
-                raise asyncio.CancelledError
-            if progress is not None:
-                progress(report())
-            now = monotonic()
-            if now - last_log_at >= log_interval:
-                recent = (sent - last_log_sent) / (now - last_log_at)
-                log.info("sent %d events (%.0f/s)", sent, recent)
-                last_log_at, last_log_sent = now, sent
-            delay = started + sent / rate - now if rate > 0 else 0.0
-            if duration is not None:
-                delay = min(delay, started + duration - now)
-            await asyncio.sleep(max(0.0, delay))
+        # (events, events per wall second or 0 for as fast as possible, is the warmup)
+        for part, part_rate, is_warmup in ((history, 0.0, True), (paced, rate, False)):
+            part_started, part_sent = monotonic(), 0
+            size = MAX_CHUNK if is_warmup else chunk
+            while events is None or sent < events:
+                now = monotonic()
+                if duration is not None and now - started >= duration:
+                    break
+                batch: list[Event] = list(
+                    islice(part, size if events is None else min(size, events - sent))
+                )
+                if not batch:
+                    break  # the warmup's history is all sent
+                interrupted = await _write_whole(sink, batch)
+                sent += len(batch)
+                part_sent += len(batch)
+                if is_warmup:
+                    warmup_sent += len(batch)
+                first_ts = batch[0]["ts"] if first_ts is None else first_ts
+                last_ts = batch[-1]["ts"]
+                if interrupted:
+                    raise asyncio.CancelledError
+                if progress is not None:
+                    progress(report())
+                now = monotonic()
+                if now - last_log_at >= log_interval:
+                    recent = (sent - last_log_sent) / (now - last_log_at)
+                    log.info("sent %d events (%.0f/s)", sent, recent)
+                    last_log_at, last_log_sent = now, sent
+                delay = part_started + part_sent / part_rate - now if part_rate > 0 else 0.0
+                if duration is not None:
+                    delay = min(delay, started + duration - now)
+                await asyncio.sleep(max(0.0, delay))
+            if is_warmup and warmup_sent and last_ts is not None:
+                log.info(
+                    "warmup: sent %d events, %.0f of %.0f event-seconds of history, in %.1f s",
+                    warmup_sent, last_ts - (begin - warmup), warmup, monotonic() - part_started,
+                )
     except asyncio.CancelledError:
         cancelled = True
         task = asyncio.current_task()
@@ -112,6 +149,24 @@ async def run_producer(
     finally:
         await sink.close()
     return report()
+
+
+def _split_at(stream: Iterator[Event], ts: float) -> tuple[Iterator[Event], Iterator[Event]]:
+    """(the events before ``ts``, the rest): consume the first before the second."""
+    held: list[Event] = []
+
+    def before() -> Iterator[Event]:
+        for event in stream:
+            if event["ts"] >= ts:
+                held.append(event)
+                return
+            yield event
+
+    def after() -> Iterator[Event]:
+        yield from held
+        yield from stream
+
+    return before(), after()
 
 
 async def _write_whole(sink: Sink, batch: list[Event]) -> bool:

@@ -1,0 +1,164 @@
+"""Processes the bench starts (always stopped by PID) and what /proc says about them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Processes:
+    """Starts subprocesses in their own session and stops each by PID (TERM, then KILL).
+
+    ``stop_all()`` (also run on Ctrl-C by :func:`bench.run.main`) stops whatever is
+    still running, newest first; ``adopt(stop)`` registers a process someone else
+    started (e.g. the tests' :class:`~tests.harness.WorkerProcess`).
+    """
+
+    def __init__(self) -> None:
+        self._stoppers: list[tuple[object, Callable[[], object]]] = []
+
+    def start(
+        self, argv: Sequence[str], *, env: dict[str, str], log_path: Path
+    ) -> subprocess.Popen[bytes]:
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                list(argv), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        self._stoppers.append((proc, lambda: stop_pid(proc)))
+        return proc
+
+    def python(
+        self, module: str, *args: str, env: dict[str, str], log_path: Path
+    ) -> subprocess.Popen[bytes]:
+        return self.start([sys.executable, "-m", module, *args], env=env, log_path=log_path)
+
+    def adopt(self, handle: object, stop: Callable[[], object]) -> None:
+        self._stoppers.append((handle, stop))
+
+    def stop(self, handle: object) -> None:
+        for i, (known, stopper) in enumerate(self._stoppers):
+            if known is handle:
+                del self._stoppers[i]
+                stopper()
+                return
+
+    def stop_all(self) -> None:
+        while self._stoppers:
+            _, stopper = self._stoppers.pop()
+            try:
+                stopper()
+            except Exception as exc:  # noqa: BLE001 - keep stopping the others
+                print(f"bench: could not stop a process: {exc}", file=sys.stderr)
+
+
+def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int | None:
+    """SIGTERM the process by PID, wait, SIGKILL if it does not go."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+# --- /proc -------------------------------------------------------------------------------
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        tree.setdefault(ppid, []).append(int(entry))
+    return tree
+
+
+def with_descendants(pids: Sequence[int]) -> list[int]:
+    tree = _children()
+    out, todo = [], list(pids)
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(tree.get(pid, ()))
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # fields 14 and 15 of stat(5)
+
+
+def status_kb(pid: int, name: str) -> int:
+    """A ``kB`` line of /proc/<pid>/status (VmHWM = peak RSS, VmRSS = current RSS)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(name + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Sample:
+    wall: float
+    cpu: float
+    count: float
+
+
+@dataclass
+class Sampler:
+    """CPU of a set of processes (and their descendants) against a progress count."""
+
+    pids: list[int]
+    samples: list[Sample] = field(default_factory=list)
+
+    def sample(self, count: float) -> Sample:
+        pids = with_descendants(self.pids)
+        sample = Sample(time.time(), sum(cpu_seconds(p) for p in pids), count)
+        self.samples.append(sample)
+        return sample
+
+    def cpu_at(self, wall: float) -> float:
+        """CPU seconds at a wall time, interpolated between samples."""
+        samples = self.samples
+        if not samples:
+            return 0.0
+        if wall <= samples[0].wall:
+            return samples[0].cpu
+        for before, after in pairwise(samples):
+            if before.wall <= wall <= after.wall:
+                span = after.wall - before.wall
+                frac = (wall - before.wall) / span if span > 0 else 1.0
+                return before.cpu + frac * (after.cpu - before.cpu)
+        return samples[-1].cpu
+
+    def peak_rss_bytes(self) -> int:
+        return 1024 * sum(status_kb(p, "VmHWM") for p in with_descendants(self.pids))
+
+    def rss_bytes(self) -> int:
+        return 1024 * sum(status_kb(p, "VmRSS") for p in with_descendants(self.pids))

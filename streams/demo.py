@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.live import Live
 
 from deploy.local_kafka import LocalKafka, free_port
+from deploy.local_monitoring import LocalMonitoring, TimeCompression, monitoring_available
 from streams.live_view import LiveView, snapshot
 from streams.settings import Settings
 
@@ -79,9 +80,52 @@ def _scrape(url: str) -> str | None:
         return None
 
 
+def _start_monitoring(
+    settings: Settings, worker_port: int, log_dir: Path, console: Console
+) -> LocalMonitoring | None:
+    """Prometheus + Alertmanager with the project's rules, when the OS has them.
+
+    The rules are compressed like the producer's event time: ``for:`` and ranges divided
+    by the speed, "the same time yesterday" one simulated day of wall time ago.
+    """
+    if not monitoring_available():
+        console.print("[dim]prometheus / prometheus-alertmanager not installed: no alerts "
+                      "(apt-get install prometheus prometheus-alertmanager)[/]")
+        return None
+    speed = settings.producer_speed
+    compression = TimeCompression(
+        baseline_offset=f"{max(1, round(86_400 / speed))}s", for_scale=1 / speed,
+        range_scale=1 / speed, scrape_interval="1s", group_wait="1s", group_interval="5s",
+    )
+    workdir = log_dir / "monitoring"
+    workdir.mkdir()
+    # nothing listens on the webhook here: the view reads firing alerts from Alertmanager
+    monitoring = LocalMonitoring(
+        [f"127.0.0.1:{worker_port}"], f"http://127.0.0.1:{free_port()}/alerts", compression,
+        workdir=workdir,
+    ).start()
+    console.print(f"Prometheus: {monitoring.prometheus_url}  Alertmanager: "
+                  f"{monitoring.alertmanager_url}")
+    return monitoring
+
+
+def _firing(monitoring: LocalMonitoring) -> list[str]:
+    try:
+        alerts = monitoring.firing_alerts()
+    except OSError:
+        return []
+    return sorted(
+        f"{a['labels'].get('alertname')} ({a['labels'].get('severity', '?')}): "
+        f"{a['annotations'].get('summary', '')}"
+        for a in alerts
+    )
+
+
 def run_demo(settings: Settings, duration: float | None = None) -> int:
     console = Console()
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    # Ctrl-C and SIGTERM both stop everything; set SIGINT explicitly, since a shell
+    # starts background jobs with it ignored
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     log_dir = Path(tempfile.mkdtemp(prefix="messaging-metrics-demo-"))
     deadline = None if duration is None else time.monotonic() + duration
     with ExitStack() as stack:
@@ -99,6 +143,9 @@ def run_demo(settings: Settings, duration: float | None = None) -> int:
             stack.callback(worker.stop)
             producer = Child("producer", [sys.executable, "-m", "streams", "produce"], env, log_dir)
             stack.callback(producer.stop)
+            monitoring = _start_monitoring(settings, port, log_dir, console)
+            if monitoring is not None:
+                stack.callback(monitoring.stop)
             console.print(f"worker /metrics: http://{settings.metrics_host}:{port}/metrics; "
                           f"logs in {log_dir}. Ctrl-C stops everything.")
             view = LiveView()
@@ -110,6 +157,8 @@ def run_demo(settings: Settings, duration: float | None = None) -> int:
                     text = _scrape(url)
                     if text is not None:
                         view.update(snapshot(text))
+                    if monitoring is not None:
+                        view.alerts = _firing(monitoring)
                         view.status = f"Kafka {bootstrap} | worker pid {worker.process.pid} | " \
                                       f"producer pid {producer.process.pid} | Ctrl-C to stop"
                     else:
@@ -119,6 +168,7 @@ def run_demo(settings: Settings, duration: float | None = None) -> int:
         except (KeyboardInterrupt, _Stop):
             console.print("stopping ...")
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     console.print("stopped: no process left running")
     return 0

@@ -2,7 +2,7 @@
 UV_VERSION := 0.13.8
 SYNCED := .venv/.synced
 
-.PHONY: install demo test test-unit lint worker produce kafka clean
+.PHONY: install demo test test-unit lint worker produce kafka bench clean
 
 $(SYNCED): pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --progress-bar on "uv==$(UV_VERSION)"
@@ -31,6 +31,12 @@ produce: $(SYNCED)
 
 kafka: $(SYNCED)
 	.venv/bin/messaging-metrics kafka
+
+bench:  ## the benchmark with its peers (Quix Streams, matplotlib: the 'bench' extra)
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install "uv==$(UV_VERSION)"
+	uv sync --frozen --extra bench
+	@rm -f $(SYNCED)  # the next 'make test' syncs back to the plain set
+	.venv/bin/python -m bench
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,34 @@
+"""The benchmark runs end to end on a small N (timings are never asserted here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.harness import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_bench_runs_and_reports_every_variant(kafka_bootstrap: str, tmp_path) -> None:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    variants = ["ceiling", "faust", "worker"]  # quix needs the 'bench' extra
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--events", "30000", "--variants", ",".join(variants),
+         "--skip-freshness", "--output-dir", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    (result_file,) = tmp_path.glob("*.json")
+    result = json.loads(result_file.read_text())
+    outcomes = {v["name"]: v for v in result["variants"]}
+    assert sorted(outcomes) == sorted(variants)
+    for name in variants:
+        assert outcomes[name]["status"] == "ok", outcomes[name]
+        assert outcomes[name]["peak_rss_bytes"] > 0
+    assert outcomes["ceiling"]["events_per_second"] > 0
+    assert result["versions"]["kafka"]

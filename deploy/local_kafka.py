@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Self
 
 from aiokafka.errors import KafkaError
+
+from deploy.processes import stop_process
 
 log = logging.getLogger(__name__)
 
@@ -190,13 +191,7 @@ class LocalKafka:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the broker by PID (SIGTERM, then SIGKILL) and drop a temp data dir."""
         if self.process is not None:
-            if self.process.poll() is None:
-                self.process.send_signal(signal.SIGTERM)
-                try:
-                    self.process.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
+            stop_process(self.process, timeout)
             log.info("stopped Kafka (pid %d)", self.process.pid)
             self.process = None
         if self._own_data_dir and self.data_dir is not None:

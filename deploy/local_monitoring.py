@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from deploy.local_kafka import free_port
+from deploy.processes import stop_process
 from deploy.prometheus_rules import (
     render_alert_rules,
     render_alertmanager_config,
@@ -169,14 +169,7 @@ class LocalMonitoring:
 
     def stop(self, timeout: float = 15.0) -> None:
         for process in self.processes:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, timeout)
         self.processes.clear()
         if self._own_workdir and self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)

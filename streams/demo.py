@@ -23,6 +23,7 @@ from rich.live import Live
 
 from deploy.local_kafka import LocalKafka, free_port
 from deploy.local_monitoring import LocalMonitoring, TimeCompression, monitoring_available
+from deploy.processes import stop_process
 from streams.live_view import LiveView, snapshot
 from streams.settings import Settings
 
@@ -52,14 +53,8 @@ class Child:
         if code is not None:
             raise RuntimeError(f"{self.name} exited with {code}; see {self.log_path}")
 
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+    def stop(self, timeout: float = 30.0) -> None:
+        stop_process(self.process, timeout)
         log.info("stopped %s (pid %d, exit %s)", self.name, self.process.pid,
                  self.process.returncode)
 

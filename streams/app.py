@@ -115,8 +115,8 @@ class Worker:
                 log.info("closed window %d (owner %d)", window.start, partition)
 
     def _owner_state(self, partition: int) -> OwnerState:
-        """The live state of an owned partition: from memory, else from the table (which
-        Faust restored from its changelog on assignment)."""
+        """The agent's live state of an owned partition: from memory, else from the table
+        (the agent only runs once Faust has restored it from the changelog)."""
         state = self._states.get(partition)
         if state is None:
             data = self.owners.get(f"p{partition}")
@@ -140,7 +140,18 @@ class Worker:
         return [tp.partition for tp in assigned if tp.topic == self.settings.partials_topic]
 
     def _owned_states(self) -> list[OwnerState]:
-        return [self._owner_state(partition) for partition in self._assigned_partials()]
+        """What /metrics shows. It never creates or caches state: a scrape can come while
+        Faust is still restoring the table, and an empty state cached then would make the
+        agent start over and close windows a second time."""
+        states = []
+        for partition in self._assigned_partials():
+            state = self._states.get(partition)
+            if state is None:
+                data = self.owners.get(f"p{partition}")
+                state = OwnerState.from_json(data) if data else None
+            if state is not None:
+                states.append(state)
+        return states
 
     # --- the batch stages ------------------------------------------------------------
     def _run_stage(self, stage: TransactionalStage[Any]) -> Callable[[], Awaitable[None]]:

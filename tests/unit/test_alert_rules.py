@@ -3,9 +3,7 @@ valid for promtool and amtool, tested by promtool, documented in docs/runbooks.m
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -25,26 +23,6 @@ REQUIRED_ALERTS = {
     "MessagingPipelineStalled", "MessagingWorkerDown", "MessagingInvalidEventsHigh",
     "MessagingConsumerLagHigh",
 }
-
-
-def _tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        message = f"{name} is not on PATH (Debian: apt-get install {package})"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    return _tool("promtool", "prometheus")
-
-
-@pytest.fixture(scope="module")
-def amtool() -> str:
-    return _tool("amtool", "prometheus-alertmanager")
 
 
 def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:

@@ -5,9 +5,7 @@ recording rules that exist, thresholds drawn at the alert thresholds."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -36,17 +34,6 @@ def dashboard() -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
     return list(board.iter_panels(dashboard))
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        message = "promtool is not on PATH (Debian: apt-get install prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def test_committed_json_is_the_generated_board(dashboard: dict[str, Any]) -> None:

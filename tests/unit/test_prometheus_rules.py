@@ -3,12 +3,8 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
-
-import pytest
 
 from tests.prometheus_rules import (
     PROMETHEUS_DIR,
@@ -19,17 +15,6 @@ from tests.prometheus_rules import (
 )
 
 NAME = re.compile(r"^messaging:[a-z0-9_]+:[a-z0-9_]+$")
-
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        message = "promtool is not on PATH (Debian: apt-get install prometheus)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

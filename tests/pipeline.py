@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter, defaultdict
 from typing import Any
 
 import orjson
 
+from producers.profile import SimulationProfile
+from producers.simulator import Simulator
 from producers.sinks import KafkaSink
 from streams.kafka_io import ensure_topics
 from streams.settings import Settings
@@ -15,6 +18,15 @@ from tests import reference
 from tests.harness import WorkerProcess, read_topic, wait_until
 
 Samples = dict[reference.SampleKey, float]
+START_TS = 1_790_000_000.0  # 2026-09-21T13:33:20Z, a fixed UTC instant
+
+
+def simulated(count: int, seed: int, members: int = 5000) -> list[dict[str, Any]]:
+    """A seeded run of ``count`` events from START_TS (1000 events/s at 60x)."""
+    simulator = Simulator(
+        SimulationProfile(), seed=seed, start_ts=START_TS, rate=1000, speed=60, members=members
+    )
+    return list(itertools.islice(simulator.events(), count))
 
 
 def produce(settings: Settings, records: list[tuple[bytes, bytes]]) -> None:

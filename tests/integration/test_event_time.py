@@ -3,13 +3,10 @@ events later than that are counted as late and change no published window."""
 
 from __future__ import annotations
 
-import itertools
 import random
 from collections import defaultdict
 from typing import Any
 
-from producers.profile import SimulationProfile
-from producers.simulator import Simulator
 from streams.settings import Settings
 from tests import reference
 from tests.harness import WorkerProcess, wait_until
@@ -20,10 +17,10 @@ from tests.pipeline import (
     last_window_gauges,
     processed_total,
     produce,
+    simulated,
     stored_events,
 )
 
-START_TS = 1_790_000_000.0
 WINDOW = 60
 LATENESS = 30
 JITTER = 20.0  # < LATENESS: every event arrives at most 20 event-seconds "late"
@@ -62,10 +59,7 @@ def test_disorder_within_lateness_is_invisible_and_later_events_are_only_counted
     settings: Settings, tmp_path
 ) -> None:
     assert settings.allowed_lateness_seconds == LATENESS
-    simulator = Simulator(
-        SimulationProfile(), seed=11, start_ts=START_TS, rate=1000, speed=60, members=4000
-    )
-    ordered = list(itertools.islice(simulator.events(), 12_000))
+    ordered = simulated(12_000, seed=11, members=4000)
     shuffled = shuffle_within(ordered, JITTER, seed=3)
     assert shuffled != ordered
     late = late_events(ordered[0]["ts"], 40)

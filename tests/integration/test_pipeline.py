@@ -9,7 +9,6 @@ be counted, and change nothing.
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections import Counter
 from typing import Any
@@ -17,13 +16,12 @@ from typing import Any
 import orjson
 import pytest
 
-from producers.profile import SimulationProfile
-from producers.simulator import Simulator
 from streams.replay import replay
 from streams.settings import Settings
 from tests import reference
 from tests.harness import WorkerProcess, read_topic, wait_until
 from tests.pipeline import (
+    START_TS,
     assert_labels_are_enumerations,
     assert_windows_equal_recount,
     closed_windows,
@@ -31,12 +29,12 @@ from tests.pipeline import (
     processed_total,
     produce,
     samples_of,
+    simulated,
     stored_events,
 )
 
 pytestmark = pytest.mark.integration
 
-START_TS = 1_790_000_000.0  # 2026-09-21T13:33:20Z, a fixed UTC instant
 EVENTS = 20_000
 WINDOW = 60
 
@@ -84,10 +82,7 @@ def test_windows_and_gauges_equal_an_independent_recount(
     base_settings: Settings, tmp_path
 ) -> None:
     settings = base_settings.model_copy(update=RISK)
-    simulator = Simulator(
-        SimulationProfile(), seed=7, start_ts=START_TS, rate=1000, speed=60, members=5000
-    )
-    events = list(itertools.islice(simulator.events(), EVENTS))
+    events = simulated(EVENTS, seed=7)
     bad = malformed_messages(100)
     records = mixed(events, bad)
     reasons_expected = Counter(reason for _, reason in bad)

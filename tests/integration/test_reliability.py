@@ -8,7 +8,6 @@ be in the DLQ with its reason.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import random
 import threading
 import time
@@ -18,8 +17,6 @@ from typing import Any
 import orjson
 import pytest
 
-from producers.profile import SimulationProfile
-from producers.simulator import Simulator
 from producers.sinks import KafkaSink
 from streams.kafka_io import ensure_topics
 from streams.settings import Settings
@@ -32,20 +29,13 @@ from tests.pipeline import (
     last_window_gauges,
     processed_total,
     produce,
+    simulated,
     stored_events,
 )
 
 pytestmark = pytest.mark.integration
 
-START_TS = 1_790_000_000.0
 WINDOW = 60
-
-
-def simulated(count: int, seed: int) -> list[dict[str, Any]]:
-    simulator = Simulator(
-        SimulationProfile(), seed=seed, start_ts=START_TS, rate=1000, speed=60, members=5000
-    )
-    return list(itertools.islice(simulator.events(), count))
 
 
 class PacedProducer(threading.Thread):

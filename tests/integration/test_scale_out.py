@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
-from producers.profile import SimulationProfile
-from producers.simulator import Simulator
 from streams.kafka_io import ensure_topics
 from streams.settings import Settings
 from tests import reference
@@ -17,10 +13,10 @@ from tests.pipeline import (
     last_window_gauges,
     processed_total,
     produce,
+    simulated,
     stored_events,
 )
 
-START_TS = 1_790_000_000.0
 WINDOW = 60
 STAGES = ("ingest", "aggregate", "risk")
 
@@ -50,10 +46,7 @@ def test_two_workers_split_the_partitions_and_sum_exactly(settings: Settings, tm
             )
 
         wait_until(split, 60, "both workers to own partitions of every stage")
-        simulator = Simulator(
-            SimulationProfile(), seed=5, start_ts=START_TS, rate=1000, speed=60, members=5000
-        )
-        events = list(itertools.islice(simulator.events(), 20_000))
+        events = simulated(20_000, seed=5)
         produce(settings, encoded(events))
         wait_until(lambda: processed_total(*workers) >= len(events), 120, "all events counted")
 

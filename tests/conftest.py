@@ -9,6 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+# the shared helpers assert too: show the values when they fail, as in test modules
+pytest.register_assert_rewrite("tests.harness", "tests.pipeline", "tests.reference")
+
 from deploy.local_kafka import LocalKafka
 from streams.settings import Settings
 

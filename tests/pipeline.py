@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -27,6 +28,28 @@ def simulated(count: int, seed: int, members: int = 5000) -> list[dict[str, Any]
         SimulationProfile(), seed=seed, start_ts=START_TS, rate=1000, speed=60, members=members
     )
     return list(itertools.islice(simulator.events(), count))
+
+
+def split_at_windows(
+    events: list[dict[str, Any]], parts: int, window: int
+) -> list[list[dict[str, Any]]]:
+    """About equal parts of a run, cut only where a window starts.
+
+    A test that pauses between parts pauses the traffic: once every input partition is
+    idle the watermark closes the window holding the newest event, and events of the
+    next part in that window would be late. Cut at window starts, only complete windows
+    close in a pause, as they would in production.
+    """
+    assert all(a["ts"] <= b["ts"] for a, b in itertools.pairwise(events)), "not in ts order"
+    cuts = []
+    for i in range(1, parts):
+        target = events[len(events) * i // parts]["ts"]
+        boundary = math.floor(target / window) * window
+        cuts.append(next(n for n, e in enumerate(events) if e["ts"] >= boundary))
+    edges = [0, *cuts, len(events)]
+    chunks = [events[a:b] for a, b in itertools.pairwise(edges)]
+    assert all(chunks) and sum(map(len, chunks)) == len(events)
+    return chunks
 
 
 def produce(settings: Settings, records: list[tuple[bytes, bytes]]) -> None:
@@ -117,8 +140,8 @@ def closed_windows(
     try:
         return wait_until(complete, timeout, "every window to close, from every owner")
     except TimeoutError:
-        unique = published()
-        assert not window_differences(unique, tallies, window)  # says what differs
+        differences = window_differences(published(), tallies, window)
+        assert not differences, f"published windows differ from the recount: {differences}"
         raise
 
 

@@ -30,6 +30,7 @@ from tests.pipeline import (
     processed_total,
     produce,
     simulated,
+    split_at_windows,
     stored_events,
 )
 
@@ -184,7 +185,7 @@ def test_broker_restart_mid_run(kafka_broker, settings: Settings, tmp_path) -> N
         pytest.skip("KAFKA_BOOTSTRAP_SERVERS points at an external broker: not ours to restart")
     asyncio.run(ensure_topics(settings))
     events = simulated(40_000, seed=44)
-    first, second = encoded(events[:20_000]), encoded(events[20_000:])
+    first, second = map(encoded, split_at_windows(events, 2, WINDOW))
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:
         produce(settings, first)
@@ -200,14 +201,15 @@ def test_broker_restart_mid_run(kafka_broker, settings: Settings, tmp_path) -> N
 def test_rebalance_one_two_one(settings: Settings, tmp_path) -> None:
     asyncio.run(ensure_topics(settings))
     events = simulated(45_000, seed=55)
-    thirds = [encoded(events[i : i + 15_000]) for i in range(0, 45_000, 15_000)]
+    thirds = [encoded(part) for part in split_at_windows(events, 3, WINDOW)]
     first = WorkerProcess(settings, tmp_path / "worker-1.log", worker_id="w1").start()
     try:
         produce(settings, thirds[0])
         second = WorkerProcess(settings, tmp_path / "worker-2.log", worker_id="w2").start()
         try:
             produce(settings, thirds[1])
-            time.sleep(2.0)
+            # long enough for the idle timeout to close the windows of the first parts
+            time.sleep(settings.idle_timeout_seconds + 2.0)
         finally:
             assert second.stop() == 0  # graceful: it commits and leaves the group
         produce(settings, thirds[2])

@@ -73,6 +73,12 @@ class Worker:
             broker_commit_interval=1.0,
             # no static membership here: Faust's assignor checks each member's web URL
             # in the stored assignment, which a restart on another port would trip
+            # No standby copies: the table is one small value per partition, quick to
+            # read back, and a partition that turns from standby to active here can race
+            # Faust's fetcher (a standby fetch in flight lands after the recovery seek,
+            # the consumer then drops the changelog from offset 0 as already read, and
+            # recovery waits forever: seen in the 1 -> 2 -> 1 rebalance test).
+            table_standby_replicas=0,
             broker_session_timeout=settings.session_timeout_ms / 1000,
             broker_heartbeat_interval=max(1.0, settings.session_timeout_ms / 4000),
             producer_acks=-1,

@@ -31,7 +31,7 @@ from streams.kafka_io import BatchWriter
 from streams.pipeline_metrics import PipelineMetrics
 from streams.settings import Settings
 from streams.stage import TransactionalStage
-from streams.windows import finite_or_none, or_minus_inf, window_start
+from streams.windows import PartitionClock, finite_or_none, or_minus_inf, window_start
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +199,27 @@ class IngestStage(TransactionalStage[IngestPartition]):
             if mark_id == partition.sent_mark:
                 continue
             partition.sent_mark = mark_id
-            value = orjson.dumps(mark_record(source, self.input_partition_count, clock))
-            for topic, count in self._mark_targets:
-                for target in range(count):
-                    await writer.add(topic, target, b"mark", value)
+            await self._send_mark(writer, source, clock)
+
+    async def on_release(self, writer: BatchWriter, partitions: list[int]) -> None:
+        """Withdraw our idle claims. An idle mark says "caught up, nothing coming"; once
+        we stop reading a partition that is no longer ours to say, and a stale claim
+        would let the watermark run past records that wait for the partition's next
+        owner (they would all be late). So the partitions go back to holding the
+        watermark where they are, until the next owner reports."""
+        for source in partitions:
+            clock = self.partitions[source].core.clock
+            if not clock.idle:
+                continue
+            held = PartitionClock(clock.lateness, clock.max_ts, idle=False)
+            await self._send_mark(writer, source, held)
+
+    async def _send_mark(self, writer: BatchWriter, source: int, clock: PartitionClock) -> None:
+        """To every downstream partition: they all merge every input partition's marks."""
+        value = orjson.dumps(mark_record(source, self.input_partition_count, clock))
+        for topic, count in self._mark_targets:
+            for target in range(count):
+                await writer.add(topic, target, b"mark", value)
 
     async def _caught_up(self, partition: int) -> bool:
         """Nothing left to read: a partition that only waits its turn in a backlog is

@@ -97,6 +97,9 @@ class TransactionalStage(ConsumerRebalanceListener, ABC, Generic[State]):
     def committed(self, events: int, seconds: float) -> None:
         """Called after each committed transaction: count what it did."""
 
+    async def on_release(self, writer: BatchWriter, partitions: list[int]) -> None:
+        """Records to publish as this worker gives partitions up (revoke or stop)."""
+
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         # aiokafka clients bind to the running loop, so they are made here, not in __init__
@@ -141,6 +144,7 @@ class TransactionalStage(ConsumerRebalanceListener, ABC, Generic[State]):
         self._stopping.set()
         async with self._lock:  # the batch in flight commits first
             if self._started:
+                await self._release(sorted(self.partitions))
                 await self.consumer.stop()
                 await self.producer.stop()
                 self._started = False
@@ -158,8 +162,28 @@ class TransactionalStage(ConsumerRebalanceListener, ABC, Generic[State]):
     # --- rebalancing ----------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         async with self._lock:  # waits for an in-flight batch to commit
+            owned = sorted(tp.partition for tp in revoked if tp.partition in self.partitions)
+            if owned and not self._stopping.is_set():
+                await self._release(owned)
             for tp in revoked:
                 self.partitions.pop(tp.partition, None)
+
+    async def _release(self, partitions: list[int]) -> None:
+        """Publish what :meth:`on_release` says, in a transaction of its own. Best effort:
+        a worker that cannot reach the broker any more still stops (and one that dies
+        cannot say anything at all), so nothing may depend on it for correctness."""
+        if not partitions:
+            return
+        writer = BatchWriter(self.producer)
+        try:
+            await self.producer.begin_transaction()
+            await self.on_release(writer, partitions)
+            await writer.flush()
+            await self.producer.commit_transaction()
+            log.info("%s released partitions %s", self.name, partitions)
+        except Exception:  # logged, not raised: see the docstring
+            log.warning("%s could not publish its release of partitions %s", self.name,
+                        partitions, exc_info=True)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         async with self._lock:

@@ -113,12 +113,20 @@ class Worker:
             partition = event.message.partition
             state = self._owner_state(partition)
             closed = state.apply(orjson.loads(event.value))
+            if closed:
+                # Published, and acknowledged by the broker, before the state that says
+                # "closed" can reach the changelog: a crash in between then publishes the
+                # same windows again (identical records), instead of losing them.
+                sent = [
+                    await self.metrics_out.send(
+                        key=str(window.start).encode(), value=orjson.dumps(window.record())
+                    )
+                    for window in closed
+                ]
+                for window, delivery in zip(closed, sent, strict=True):
+                    await delivery
+                    log.info("closed window %d (owner %d)", window.start, partition)
             self.owners[f"p{partition}"] = state.to_json()
-            for window in closed:
-                await self.metrics_out.send(
-                    key=str(window.start).encode(), value=orjson.dumps(window.record())
-                )
-                log.info("closed window %d (owner %d)", window.start, partition)
 
     def _owner_state(self, partition: int) -> OwnerState:
         """The agent's live state of an owned partition: from memory, else from the table

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ from streams.batch_records import activity_records, mark_record, partial_records
 from streams.conversations import BatchWindows, Conversation, PartitionCore, new_core
 from streams.events import Rejection, parse
 from streams.kafka_io import BatchWriter
-from streams.pipeline_metrics import PipelineMetrics
+from streams.pipeline_metrics import BatchReport
 from streams.settings import Settings
 from streams.stage import TransactionalStage
 from streams.windows import PartitionClock, finite_or_none, or_minus_inf, window_start
@@ -57,12 +58,15 @@ class _Tally:
 class IngestStage(TransactionalStage[IngestPartition]):
     name = "ingest"
 
-    def __init__(self, settings: Settings, metrics: PipelineMetrics) -> None:
+    def __init__(
+        self, settings: Settings, report: Callable[[BatchReport], object], report_source: str = ""
+    ) -> None:
         super().__init__(
             settings, settings.events_topic, settings.ingest_state_topic,
             settings.ingest_max_batch,
         )
-        self.metrics = metrics
+        self.report = report  # after every committed transaction
+        self.report_source = report_source
         self._tally = _Tally()
         self._next_offsets: dict[int, int] = {}
         self._mark_targets = (
@@ -230,7 +234,6 @@ class IngestStage(TransactionalStage[IngestPartition]):
 
     def committed(self, events: int, seconds: float) -> None:
         tally, self._tally = self._tally, _Tally()
-        self.metrics.record_batch(events, tally.processed, tally.invalid, tally.late, seconds)
         lag = 0
         for partition, next_offset in self._next_offsets.items():
             if partition not in self.partitions:
@@ -238,7 +241,10 @@ class IngestStage(TransactionalStage[IngestPartition]):
             highwater = self.consumer.highwater(TopicPartition(self.input_topic, partition))
             if highwater is not None:
                 lag += max(0, highwater - next_offset)
-        self.metrics.consumer_lag.set(lag)
+        self.report(BatchReport(
+            self.report_source, events, seconds, lag, len(self.partitions),
+            tally.processed, tally.invalid, tally.late,
+        ))
 
 
 def _window_index(ts: float, size: int) -> int | None:

@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streams.events import EVENT_TYPES, REJECTION_REASONS
+
+
+@dataclass(frozen=True, slots=True)
+class BatchReport:
+    """What one committed ingest transaction did, as an ingest (in this process or a
+    child process) reports it; plain data, so it crosses a pipe."""
+
+    source: str  # which ingest: "" in-process, else the child's index
+    events: int
+    seconds: float
+    lag: int  # messages of its partitions not yet processed
+    owned: int  # events partitions it owns
+    processed: dict[str, int] = field(default_factory=dict)
+    invalid: dict[str, int] = field(default_factory=dict)
+    late: int = 0
 
 
 class PipelineMetrics:
@@ -44,27 +61,27 @@ class PipelineMetrics:
             "risk: sender activity).",
             ["stage"], registry=registry,
         )
+        self._lag: dict[str, int] = {}
+        self._owned: dict[str, int] = {}
         # zero series exist from the start, so rate() works from the first scrape
         for event_type in EVENT_TYPES:
             self.events_processed.labels(event_type)
         for reason in REJECTION_REASONS:
             self.invalid_events.labels(reason)
 
-    def record_batch(
-        self,
-        events: int,
-        processed: dict[str, int],
-        invalid: dict[str, int],
-        late: int,
-        seconds: float,
-    ) -> None:
+    def record_batch(self, report: BatchReport) -> None:
         """Counted only after the batch's transaction committed: never double-counted."""
-        for event_type, count in processed.items():
+        for event_type, count in report.processed.items():
             self.events_processed.labels(event_type).inc(count)
-        for reason, count in invalid.items():
+        for reason, count in report.invalid.items():
             self.invalid_events.labels(reason).inc(count)
-        if late:
-            self.late_events.inc(late)
-        if events:
-            self.batch_size.observe(events)
-            self.batch_seconds.observe(seconds)
+        if report.late:
+            self.late_events.inc(report.late)
+        if report.events:
+            self.batch_size.observe(report.events)
+            self.batch_seconds.observe(report.seconds)
+        # gauges of the whole worker: the sum over its ingests' latest reports
+        self._lag[report.source] = report.lag
+        self._owned[report.source] = report.owned
+        self.consumer_lag.set(sum(self._lag.values()))
+        self.owned_partitions.labels("ingest").set(sum(self._owned.values()))

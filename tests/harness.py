@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from deploy.local_kafka import free_port
-from deploy.processes import stop_process
+from deploy.processes import stop_process, with_descendants
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,10 +85,27 @@ class WorkerProcess:
         return code
 
     def kill(self) -> None:
+        """SIGKILL the worker; whatever it started must go with it (no orphans)."""
         if self.process is not None:
+            family = with_descendants([self.process.pid])
             self.process.kill()
             self.process.wait()
             self.process = None
+            wait_until(lambda: not [p for p in family if _alive(p)], 15,
+                       f"the killed worker's child processes {family[1:]} to exit")
+
+    def descendants(self) -> list[int]:
+        return with_descendants([self.process.pid])[1:] if self.process is not None else []
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (a reaped child's PID may be reused, rarely: fine here)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    return stat[stat.rindex(b")") + 2 :][:1] != b"Z"
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:

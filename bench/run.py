@@ -119,6 +119,7 @@ class Context:
         )
         if self.args.partitions:
             values["events_partitions"] = self.args.partitions
+        values["ingest_processes"] = self.args.ingest_processes  # our worker's only
         return Settings(**values)
 
 
@@ -366,6 +367,7 @@ def run_worker(ctx: Context, topic: str) -> Outcome:
         outcome.info["invalid_events"] = _metric_sum(scraped, "messaging_invalid_events_total")
         outcome.info["late_events"] = _metric_sum(scraped, "messaging_late_events_total")
         outcome.info["batches"] = _metric_sum(scraped, "messaging_ingest_batch_size_events_count")
+        outcome.info["ingest_processes"] = settings.ingest_processes
     finally:
         ctx.processes.stop(worker)
         starter.join(5)
@@ -649,6 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default %(default)s: N = 1M covers ~50 one-minute windows)")
     parser.add_argument("--partitions", type=int, default=None,
                         help="partitions of the events topic (default EVENTS_PARTITIONS)")
+    parser.add_argument("--ingest-processes", type=int, default=None,
+                        help="INGEST_PROCESSES of our worker (default: INGEST_PROCESSES if "
+                        "set, else the machine's CPU count)")
     parser.add_argument("--seed", type=int, default=42, help="simulator seed")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds one variant may take (default 120 + events/1000)")
@@ -690,6 +695,10 @@ def main(argv: list[str] | None = None) -> int:
     logs.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="mm-bench-"))
     base = Settings()
+    if args.ingest_processes is None:
+        args.ingest_processes = (
+            base.ingest_processes if "INGEST_PROCESSES" in os.environ else os.cpu_count() or 1
+        )
     processes = Processes()
     broker = None
     result: dict[str, Any] = {

@@ -1,7 +1,8 @@
 """The worker: the ingest stage and the Faust aggregate agent in one process.
 
 - ingest (plain aiokafka, batch-at-a-time; see :mod:`streams.ingest`) runs as a Faust
-  service beside the agent;
+  task beside the agent, or in child processes of its own with ``INGEST_PROCESSES``
+  (see :mod:`streams.ingest_processes`);
 - the ``aggregate`` agent reads ``messaging.partials`` (partials and watermark marks,
   low volume) and keeps one :class:`OwnerState` per partition in a Faust table, whose
   changelog restores it on restart or rebalance; closed windows go to
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 import orjson
@@ -22,11 +23,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from streams import faust_transport
 from streams.exposition import WindowCollector, WindowOwner
 from streams.ingest import IngestStage
+from streams.ingest_processes import IngestProcesses
 from streams.owner import OwnerState
 from streams.pipeline_metrics import PipelineMetrics
 from streams.risk_stage import RiskStage
 from streams.settings import Settings
-from streams.stage import TransactionalStage
 
 log = logging.getLogger(__name__)
 _CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
@@ -44,6 +45,16 @@ def _credentials(settings: Settings) -> Any:
     if "ssl_context" in options:
         return faust.SSLCredentials(options["ssl_context"])
     return None
+
+
+class Stage(Protocol):
+    """A batch stage beside the Faust agent: in this process or in child processes."""
+
+    name: str
+
+    async def start(self) -> None: ...
+    async def run(self) -> None: ...
+    async def stop(self) -> None: ...
 
 
 class Worker:
@@ -94,11 +105,13 @@ class Worker:
         self.owners = self.app.Table("aggregate-owners", partitions=settings.partials_partitions)
         self._states: dict[int, OwnerState] = {}  # owned partials partition -> live state
         self.app.on_partitions_revoked.connect(self._forget_revoked)
-        self.ingest = IngestStage(settings, self.metrics)
+        self.ingest: Stage = (
+            IngestProcesses(settings, self.metrics.record_batch) if settings.ingest_processes
+            else IngestStage(settings, self.metrics.record_batch)
+        )
         self.risk = RiskStage(settings)
         self.registry.register(WindowCollector(self._window_owners, settings.window_seconds))
-        owned = self.metrics.owned_partitions
-        owned.labels("ingest").set_function(lambda: len(self.ingest.partitions))
+        owned = self.metrics.owned_partitions  # ingest: from its reports
         owned.labels("risk").set_function(lambda: len(self.risk.partitions))
         owned.labels("aggregate").set_function(lambda: len(self._assigned_partials()))
         self.app.agent(self.partials, name="aggregate")(self._aggregate)
@@ -168,7 +181,7 @@ class Worker:
         return states
 
     # --- the batch stages ------------------------------------------------------------
-    def _run_stage(self, stage: TransactionalStage[Any]) -> Callable[[], Awaitable[None]]:
+    def _run_stage(self, stage: Stage) -> Callable[[], Awaitable[None]]:
         async def run() -> None:
             try:
                 await stage.start()

@@ -118,8 +118,16 @@ class Settings(BaseSettings):
         description="Wall seconds without input after which a partition stops holding "
         "the watermark back, so the last windows close when traffic stops.",
     )
+    ingest_processes: int = Field(
+        default=0, ge=0, le=64,
+        description="Child processes that run the ingest stage, each on a share of the "
+        "events partitions (0: inside the worker process). Give it the spare cores.",
+    )
     ingest_max_batch: int = Field(
-        default=10_000, ge=1, description="Most events the ingest takes in one batch."
+        default=40_000, ge=1,
+        description="Most events the ingest takes in one batch (one transaction). "
+        "Matters under a backlog: each batch has fixed costs (a transaction, partials "
+        "per segment, sketches, marks), so larger batches catch up faster.",
     )
     ingest_poll_timeout_ms: int = Field(
         default=200, ge=1, description="How long the ingest waits for a batch."

@@ -155,7 +155,13 @@ def test_ten_thousand_bad_messages_are_all_accounted_for(base_settings: Settings
 
 
 # --- kill -9 -----------------------------------------------------------------------------
-def test_kill_minus_9_at_random_points_loses_and_doubles_nothing(settings: Settings, tmp_path) -> None:
+@pytest.mark.parametrize("ingest_processes", [0, 2], ids=["in-process", "two-children"])
+def test_kill_minus_9_at_random_points_loses_and_doubles_nothing(
+    settings: Settings, tmp_path, ingest_processes: int
+) -> None:
+    """With child ingest processes, the kill takes them down too (they die with the
+    worker) and the restarted worker's children fence the old ones' transactions."""
+    settings = settings.model_copy(update={"ingest_processes": ingest_processes})
     asyncio.run(ensure_topics(settings))
     events = simulated(60_000, seed=33)
     producer = PacedProducer(settings, encoded(events), rate=3000)
@@ -170,7 +176,9 @@ def test_kill_minus_9_at_random_points_loses_and_doubles_nothing(settings: Setti
             wait_until(lambda w=worker, p=point: processed_total(w) >= p, 60,
                        "progress before a kill", interval=0.05)
             kills.append((producer.sent, processed_total(worker)))
-            worker.kill()  # SIGKILL: no flush, no commit, no goodbye
+            if ingest_processes:
+                assert len(worker.descendants()) >= ingest_processes
+            worker.kill()  # SIGKILL: no flush, no commit, no goodbye; children go too
             worker = WorkerProcess(settings, tmp_path / f"worker-{crash}.log").start()
         producer.join_checked()
         assert kills[0][0] < len(events) and kills[1][0] < len(events), kills  # mid-run

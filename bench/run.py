@@ -653,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="partitions of the events topic (default EVENTS_PARTITIONS)")
     parser.add_argument("--ingest-processes", type=int, default=None,
                         help="INGEST_PROCESSES of our worker (default: INGEST_PROCESSES if "
-                        "set, else the machine's CPU count)")
+                        "set, else one per CPU, at most one per events partition)")
     parser.add_argument("--seed", type=int, default=42, help="simulator seed")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds one variant may take (default 120 + events/1000)")
@@ -697,7 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     base = Settings()
     if args.ingest_processes is None:
         args.ingest_processes = (
-            base.ingest_processes if "INGEST_PROCESSES" in os.environ else os.cpu_count() or 1
+            base.ingest_processes if "INGEST_PROCESSES" in os.environ
+            else min(os.cpu_count() or 1, args.partitions or base.events_partitions)
         )
     processes = Processes()
     broker = None

@@ -374,6 +374,11 @@ def run_worker(ctx: Context, topic: str) -> Outcome:
     return outcome
 
 
+def rss_of_tree(pid: int, field: str) -> int:
+    """Bytes of a ``/proc/<pid>/status`` field summed over the process and its descendants."""
+    return 1024 * sum(status_kb(p, field) for p in with_descendants([pid]))
+
+
 def _metric_sum(scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
                 **labels: str) -> float:
     wanted = set(labels.items())
@@ -557,7 +562,7 @@ def run_soak(ctx: Context) -> dict[str, Any]:
                 pass
             samples.append({
                 "seconds": round(now - started, 2),
-                "rss_bytes": 1024 * status_kb(pid, "VmRSS"),
+                "rss_bytes": rss_of_tree(pid, "VmRSS"),  # ingest children included
                 "processed": _metric_sum(scraped, "messaging_events_processed_total"),
                 "lag": _metric_sum(scraped, "messaging_consumer_lag_messages"),
             })
@@ -569,7 +574,7 @@ def run_soak(ctx: Context) -> dict[str, Any]:
                         f"{samples[-1]['rss_bytes'] / 2**20:.0f} MiB, processed "
                         f"{samples[-1]['processed']:,.0f}, lag {samples[-1]['lag']:,.0f}")
             time.sleep(max(0.0, args.soak_interval - (time.time() - now)))
-        peak = 1024 * status_kb(pid, "VmHWM")
+        peak = rss_of_tree(pid, "VmHWM")
     finally:
         for proc, _ in producers:
             ctx.processes.stop(proc)

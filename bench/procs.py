@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
-from deploy.processes import stop_process, with_descendants
+from deploy.processes import proc_stat, stop_process, with_descendants
 
 ROOT = Path(__file__).resolve().parent.parent
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -71,12 +71,9 @@ def stop_pid(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> int | None
 # --- /proc -------------------------------------------------------------------------------
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
+    fields = proc_stat(pid)
+    if fields is None:
         return 0.0
-    fields = stat[stat.rindex(b")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS  # fields 14 and 15 of stat(5)
 
 

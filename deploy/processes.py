@@ -21,18 +21,25 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float) -> int:
     return process.returncode
 
 
+def proc_stat(pid: int) -> list[bytes] | None:
+    """Fields of ``/proc/<pid>/stat`` after the command name (state, ppid, ...: field 3
+    of stat(5) is index 0), or None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return stat[stat.rindex(b")") + 2 :].split()  # the name may hold spaces and ")"
+
+
 def _children() -> dict[int, list[int]]:
     tree: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
-        tree.setdefault(ppid, []).append(int(entry))
+        fields = proc_stat(int(entry))
+        if fields is not None:
+            tree.setdefault(int(fields[1]), []).append(int(entry))
     return tree
 
 

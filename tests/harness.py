@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from deploy.local_kafka import free_port
-from deploy.processes import stop_process, with_descendants
+from deploy.processes import proc_stat, stop_process, with_descendants
 from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -100,12 +100,8 @@ class WorkerProcess:
 
 def _alive(pid: int) -> bool:
     """Running and not a zombie (a reaped child's PID may be reused, rarely: fine here)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rindex(b")") + 2 :][:1] != b"Z"
+    fields = proc_stat(pid)
+    return fields is not None and fields[0] != b"Z"
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:

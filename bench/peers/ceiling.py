@@ -16,7 +16,7 @@ import signal
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from bench.peers.progress import WINDOW_SECONDS, Progress
+from bench.peers.progress import WINDOW_SECONDS, Progress, peer_parser
 from streams.settings import Settings
 
 
@@ -64,11 +64,8 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--topic", required=True)
+    parser = peer_parser(__doc__)
     parser.add_argument("--group", required=True)
-    parser.add_argument("--events", type=int, required=True)
-    parser.add_argument("--status", required=True)
     asyncio.run(run(parser.parse_args()))
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import faust
 
-from bench.peers.progress import WINDOW_SECONDS, Progress, segment_key
+from bench.peers.progress import WINDOW_SECONDS, Progress, peer_parser, segment_key
 from streams.settings import Settings
 
 
@@ -69,11 +69,8 @@ def build(args: argparse.Namespace) -> faust.App:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--topic", required=True)
+    parser = peer_parser(__doc__)
     parser.add_argument("--app-id", required=True)
-    parser.add_argument("--events", type=int, required=True)
-    parser.add_argument("--status", required=True)
     parser.add_argument("--datadir", required=True)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--producer-linger", type=float, default=None,

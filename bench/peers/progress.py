@@ -7,6 +7,7 @@ those two moments at once and otherwise at most every ``interval`` seconds.
 
 from __future__ import annotations
 
+import argparse
 import os
 import time
 from pathlib import Path
@@ -15,6 +16,15 @@ from typing import Any
 import orjson
 
 WINDOW_SECONDS = 60
+
+
+def peer_parser(description: str | None) -> argparse.ArgumentParser:
+    """What bench.run gives every peer: the topic, N and the status file to write."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--topic", required=True)
+    parser.add_argument("--events", type=int, required=True)
+    parser.add_argument("--status", required=True)
+    return parser
 
 
 def segment_key(event: dict[str, Any]) -> str:

@@ -15,10 +15,9 @@ counts as done when Quix reports it processed from the repartition topic
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
-from bench.peers.progress import WINDOW_SECONDS, Progress, segment_key
+from bench.peers.progress import WINDOW_SECONDS, Progress, peer_parser, segment_key
 from streams.settings import Settings
 
 GRACE_MS = 3_600_000  # far beyond the input's disorder: no event is dropped as late
@@ -47,11 +46,8 @@ def _event_time_ms(value: Any, headers: Any, timestamp: int, timestamp_type: Any
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--topic", required=True)
+    parser = peer_parser(__doc__)
     parser.add_argument("--group", required=True)
-    parser.add_argument("--events", type=int, required=True)
-    parser.add_argument("--status", required=True)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--grace-ms", type=int, default=GRACE_MS,
                         help="window grace in event-time ms (default %(default)s)")

@@ -1,17 +1,21 @@
 """The event contract (DESIGN.md) as typed records, and a pure validator.
 
-The ingest hot path works on plain dicts decoded by orjson; the TypedDicts document
-and type them. :func:`validate` returns ``None`` for a good event or a
-:class:`Rejection` whose ``reason`` is a small fixed enumeration (a Prometheus label)
-and whose ``detail`` names the field (DLQ header only, never a label).
+The records are msgspec Structs: :func:`parse` decodes a good message and checks it
+against the contract in one pass of C (about 1 µs, a quarter of orjson plus a Python
+check). Only a message that fails goes the slow way: orjson, then :func:`validate`
+walks it field by field for a :class:`Rejection` whose ``reason`` is a small fixed
+enumeration (a Prometheus label) and whose ``detail`` names the field (DLQ header only,
+never a label). A unit property test holds the two ways to the same verdicts.
 """
 
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
-from typing import Any, Final, Literal, TypedDict
+from typing import Annotated, Any, ClassVar, Final, Literal
 
+import msgspec
 import orjson
 
 SCHEMA_VERSION: Final = 1
@@ -44,44 +48,63 @@ REJECTION_REASONS: Final = (
 )
 
 
-class BaseEvent(TypedDict):
-    event_id: str
-    type: str
-    ts: float
-    conversation_id: str
-    schema_version: int
+Text = Annotated[str, msgspec.Meta(min_length=1)]
+Timestamp = Annotated[float, msgspec.Meta(ge=MIN_TS, lt=MAX_TS)]
 
 
-class MessageSent(BaseEvent):
-    message_id: str
-    sender_id: str
-    recipient_id: str
-    sender_type: Literal["member", "premium", "recruiter", "advertiser"]
-    channel: Literal["connection", "inmail", "sponsored"]
-    content_type: Literal["text", "attachment", "rich_media"]
-    platform: Literal["web", "ios", "android"]
-    entry_point: Literal["inbox", "profile", "job_listing", "search"]
+class Event(msgspec.Struct, tag_field="type", gc=False):
+    """What every event carries; ``type`` (the tag) picks the subclass.
+
+    ``kind`` is the type's name again, as a plain class attribute: the tag itself is
+    not an attribute of a decoded event.
+    """
+
+    kind: ClassVar[str]
+    event_id: Text
+    ts: Timestamp
+    conversation_id: Text
+    schema_version: Literal[1]
+
+
+class MessageSent(Event, tag="message_sent", gc=False):
+    message_id: Text
+    sender_id: Text
+    recipient_id: Text
+    sender_type: Literal[SENDER_TYPES]  # type: ignore[valid-type]
+    channel: Literal[CHANNELS]  # type: ignore[valid-type]
+    content_type: Literal[CONTENT_TYPES]  # type: ignore[valid-type]
+    platform: Literal[PLATFORMS]  # type: ignore[valid-type]
+    entry_point: Literal[ENTRY_POINTS]  # type: ignore[valid-type]
     first_in_conversation: bool
 
 
-class MessageRead(BaseEvent):
-    message_id: str
-    reader_id: str
-    platform: Literal["web", "ios", "android"]
+class MessageRead(Event, tag="message_read", gc=False):
+    message_id: Text
+    reader_id: Text
+    platform: Literal[PLATFORMS]  # type: ignore[valid-type]
 
 
-class SpamReported(BaseEvent):
-    message_id: str
-    reporter_id: str
-    reported_id: str
-    reason: Literal["spam", "scam", "harassment", "other"]
-    platform: Literal["web", "ios", "android"]
+class SpamReported(Event, tag="spam_reported", gc=False):
+    message_id: Text
+    reporter_id: Text
+    reported_id: Text
+    reason: Literal[SPAM_REASONS]  # type: ignore[valid-type]
+    platform: Literal[PLATFORMS]  # type: ignore[valid-type]
 
 
-class MemberBlocked(BaseEvent):
-    blocker_id: str
-    blocked_id: str
-    platform: Literal["web", "ios", "android"]
+class MemberBlocked(Event, tag="member_blocked", gc=False):
+    blocker_id: Text
+    blocked_id: Text
+    platform: Literal[PLATFORMS]  # type: ignore[valid-type]
+
+
+EVENT_CLASSES: Final = (MessageSent, MessageRead, SpamReported, MemberBlocked)
+for _cls in EVENT_CLASSES:
+    _cls.kind = _cls.__struct_config__.tag
+assert tuple(c.kind for c in EVENT_CLASSES) == EVENT_TYPES
+
+# One C pass decodes AND checks a good event against the contract above.
+_DECODER: Final = msgspec.json.Decoder(MessageSent | MessageRead | SpamReported | MemberBlocked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,89 +113,33 @@ class Rejection:
     detail: str
 
 
-# field -> expected kind: "str", "bool", or a tuple of allowed values (an enum of str)
+# field -> expected kind: "str", "bool", or a tuple of allowed values (an enum of str);
+# read off the Structs, so the explanation cannot drift from the decoder
 _Spec = dict[str, Any]
-_COMMON: Final[_Spec] = {"event_id": "str", "conversation_id": "str"}
-_FIELDS: Final[dict[str, _Spec]] = {
-    "message_sent": {
-        **_COMMON,
-        "message_id": "str",
-        "sender_id": "str",
-        "recipient_id": "str",
-        "sender_type": SENDER_TYPES,
-        "channel": CHANNELS,
-        "content_type": CONTENT_TYPES,
-        "platform": PLATFORMS,
-        "entry_point": ENTRY_POINTS,
-        "first_in_conversation": "bool",
-    },
-    "message_read": {**_COMMON, "message_id": "str", "reader_id": "str", "platform": PLATFORMS},
-    "spam_reported": {
-        **_COMMON,
-        "message_id": "str",
-        "reporter_id": "str",
-        "reported_id": "str",
-        "reason": SPAM_REASONS,
-        "platform": PLATFORMS,
-    },
-    "member_blocked": {**_COMMON, "blocker_id": "str", "blocked_id": "str", "platform": PLATFORMS},
-}
 
 
-# The hot path: per type, (text fields, bool fields, (enum field, allowed values)).
-_FAST: Final = {
-    event_type: (
-        tuple(n for n, k in spec.items() if k == "str"),
-        tuple(n for n, k in spec.items() if k == "bool"),
-        tuple((n, frozenset(k)) for n, k in spec.items() if isinstance(k, tuple)),
-    )
-    for event_type, spec in _FIELDS.items()
-}
+def _spec_of(cls: type[Event]) -> _Spec:
+    spec: _Spec = {}
+    for name, hint in typing.get_type_hints(cls, include_extras=True).items():
+        if name in ("kind", "ts", "schema_version"):  # checked before the fields
+            continue
+        if hint is bool:
+            spec[name] = "bool"
+        elif typing.get_origin(hint) is Literal:
+            spec[name] = typing.get_args(hint)
+        else:
+            spec[name] = "str"
+    return spec
+
+
+_FIELDS: Final[dict[str, _Spec]] = {cls.kind: _spec_of(cls) for cls in EVENT_CLASSES}
 
 
 def validate(event: Any) -> Rejection | None:
-    """Check one decoded event against the contract; ``None`` means valid.
+    """Check one event decoded into plain JSON values against the contract.
 
-    Valid events take a fast path of plain type and membership checks; only a
-    rejected event is walked field by field to say precisely what is wrong.
+    ``None`` means valid; otherwise the precise reason, the first field that is wrong.
     """
-    if type(event) is dict:
-        event_type = event.get("type")
-        fast = _FAST.get(event_type) if type(event_type) is str else None
-        if fast is not None and _conforms(event, *fast):
-            return None
-    return _explain(event)
-
-
-def _conforms(
-    event: dict[str, Any],
-    texts: tuple[str, ...],
-    flags: tuple[str, ...],
-    enums: tuple[tuple[str, frozenset[str]], ...],
-) -> bool:
-    get = event.get
-    version = get("schema_version")
-    if type(version) is not int or version != SCHEMA_VERSION:
-        return False
-    ts = get("ts")
-    if (type(ts) is not float and type(ts) is not int) or not MIN_TS <= ts < MAX_TS:
-        return False  # (NaN fails the comparison too)
-    for name in texts:
-        value = get(name)
-        if type(value) is not str or not value:
-            return False
-    for name in flags:
-        if type(get(name)) is not bool:
-            return False
-    for name, allowed in enums:
-        value = get(name)
-        if type(value) is not str or value not in allowed:
-            return False
-    return True
-
-
-def _explain(event: Any) -> Rejection | None:
-    """The precise reason an event is rejected (None if it is in fact valid)."""
     if not isinstance(event, dict):
         return Rejection("not_an_object", type(event).__name__)
     event_type = event.get("type")
@@ -226,9 +193,19 @@ def decode(raw: bytes | None, max_bytes: int) -> tuple[Any, Rejection | None]:
         return None, Rejection("malformed_json", str(exc)[:200])
 
 
-def parse(raw: bytes | None, max_bytes: int) -> tuple[Any, Rejection | None]:
-    """Decode and validate one message value: the event, or why it is rejected."""
-    event, rejection = decode(raw, max_bytes)
+def parse(raw: bytes | None, max_bytes: int) -> tuple[Event | None, Rejection | None]:
+    """Decode and check one message value: the event, or why it is rejected."""
+    refusal = ""
+    if raw is not None and len(raw) <= max_bytes:
+        try:
+            return _DECODER.decode(raw), None
+        except msgspec.DecodeError as exc:
+            refusal = str(exc)
+    value, rejection = decode(raw, max_bytes)
     if rejection is None:
-        rejection = validate(event)
-    return event, rejection
+        rejection = validate(value)
+    if rejection is None:
+        # Only JSON that repeats a key gets here (orjson keeps the last value, the
+        # decoder checks every one): ambiguous input, refused rather than guessed at.
+        rejection = Rejection("malformed_json", refusal[:200])
+    return None, rejection

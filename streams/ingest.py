@@ -107,30 +107,32 @@ class IngestStage(TransactionalStage[IngestPartition]):
         core = state.core
         batch = BatchWindows()
         processed = tally.processed
+        max_bytes = settings.max_event_bytes
+        admit, add = core.admit, core.add
         for index, message in enumerate(messages):
             if index & 2047 == 2047:
                 await asyncio.sleep(0)  # let the aggregate agent and /metrics have a turn
-            event, rejection = parse(message.value, settings.max_event_bytes)
-            if rejection is None:
-                reason = core.admit(event)
-                if reason is not None:
-                    rejection = Rejection(reason, event["event_id"][:64])
-            if rejection is not None:
-                tally.invalid[rejection.reason] = tally.invalid.get(rejection.reason, 0) + 1
-                await writer.add(
-                    settings.dlq_topic, 0, message.key, message.value,
-                    [
-                        ("dlq.reason", rejection.reason.encode()),
-                        ("dlq.detail", rejection.detail.encode()),
-                        ("dlq.source", f"{tp.topic}/{tp.partition}/{message.offset}".encode()),
-                    ],
-                )
-                continue
-            if core.add(event, batch):
-                kind = event["type"]
-                processed[kind] = processed.get(kind, 0) + 1
-            else:
-                tally.late += 1
+            event, rejection = parse(message.value, max_bytes)
+            if event is not None:
+                reason = admit(event)
+                if reason is None:
+                    if add(event, batch):
+                        kind = event.kind
+                        processed[kind] = processed.get(kind, 0) + 1
+                    else:
+                        tally.late += 1
+                    continue
+                rejection = Rejection(reason, event.event_id[:64])
+            assert rejection is not None
+            tally.invalid[rejection.reason] = tally.invalid.get(rejection.reason, 0) + 1
+            await writer.add(
+                settings.dlq_topic, 0, message.key, message.value,
+                [
+                    ("dlq.reason", rejection.reason.encode()),
+                    ("dlq.detail", rejection.detail.encode()),
+                    ("dlq.source", f"{tp.topic}/{tp.partition}/{message.offset}".encode()),
+                ],
+            )
         state.last_input_wall = time.monotonic()
         last_offset = messages[-1].offset
         self._next_offsets[tp.partition] = last_offset + 1

@@ -61,7 +61,8 @@ def replay(lines: Iterable[bytes], settings: Settings) -> ReplayResult:
         if rejection is not None:
             result.invalid[rejection.reason] += 1
             continue
-        source = partition_for(event["conversation_id"].encode(), sources)
+        assert event is not None
+        source = partition_for(event.conversation_id.encode(), sources)
         offsets[source] += 1
         reason = cores[source].admit(event)
         if reason is not None:

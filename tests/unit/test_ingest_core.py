@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
-from typing import Any
+
+import msgspec
 
 from streams.conversations import BatchWindows, Conversation, PartitionCore
+from streams.events import Event, MessageSent, SpamReported
 
 T0 = 1_790_000_040.0  # a 60 s window boundary
 
@@ -14,14 +16,17 @@ _ids = itertools.count()
 
 
 def sent(ts: float, sender: str, recipient: str, first: bool, channel: str = "inmail",
-         cid: str = "c-1") -> dict[str, Any]:
-    return {"event_id": f"e-{next(_ids)}", "type": "message_sent", "ts": ts, "conversation_id": cid, "sender_id": sender,
-            "recipient_id": recipient, "sender_type": "recruiter", "channel": channel,
-            "content_type": "text", "platform": "web", "entry_point": "search",
-            "first_in_conversation": first}
+         cid: str = "c-1") -> MessageSent:
+    number = next(_ids)
+    return MessageSent(
+        event_id=f"e-{number}", ts=ts, conversation_id=cid, schema_version=1,
+        message_id=f"msg-{number}", sender_id=sender, recipient_id=recipient,
+        sender_type="recruiter", channel=channel, content_type="text", platform="web",
+        entry_point="search", first_in_conversation=first,
+    )
 
 
-def run(core: PartitionCore, events: list[dict[str, Any]]) -> tuple[dict, set[str]]:
+def run(core: PartitionCore, events: list[Event]) -> tuple[dict, set[str]]:
     batch = BatchWindows()
     for event in events:
         core.add(event, batch)
@@ -64,9 +69,11 @@ def test_reply_to_an_unknown_conversation_is_a_message_not_a_reply() -> None:
 
 def test_spam_report_takes_the_conversations_channel() -> None:
     core = PartitionCore(window_size=60, lateness=30)
-    report = {"event_id": "e-r", "type": "spam_reported", "ts": T0 + 3, "conversation_id": "c-1", "reported_id": "a",
-              "reason": "scam", "platform": "ios"}
-    orphan = {**report, "conversation_id": "c-9", "event_id": "e-o"}
+    report = SpamReported(
+        event_id="e-r", ts=T0 + 3, conversation_id="c-1", schema_version=1,
+        message_id="msg-r", reporter_id="b", reported_id="a", reason="scam", platform="ios",
+    )
+    orphan = msgspec.structs.replace(report, conversation_id="c-9", event_id="e-o")
     windows, _ = run(core, [sent(T0 + 1, "a", "b", True, channel="sponsored"), report, orphan])
     assert windows[T0][("spam", "sponsored", "scam")] == 1
     assert windows[T0][("spam", "unknown", "scam")] == 1
@@ -96,7 +103,7 @@ def test_duplicate_event_ids_are_rejected_within_the_horizon_only() -> None:
     assert core.admit(first) == "duplicate_event_id"
     core.add(sent(T0 + 700, "x", "y", True, cid="c-2"), batch)  # 699 s later
     assert core.admit(first) is None  # forgotten: past the horizon
-    assert batch.event_ids[0] == (first["event_id"], T0 + 1)
+    assert batch.event_ids[0] == (first.event_id, T0 + 1)
 
 
 def test_timestamps_far_ahead_of_the_partition_are_rejected() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -41,6 +42,18 @@ json_values = st.recursive(
 @given(message_sent)
 def test_every_contract_event_is_valid(event: dict[str, Any]) -> None:
     assert validate(event) is None
+    decoded, rejection = parse(orjson.dumps(event), 4096)
+    assert rejection is None and msgspec.to_builtins(decoded) == event
+
+
+def test_a_repeated_key_is_refused_not_guessed_at() -> None:
+    event = {"event_id": "e-1", "type": "message_read", "ts": MIN_TS, "conversation_id": "c",
+             "schema_version": 1, "message_id": "m", "reader_id": "r", "platform": "web"}
+    raw = b'{"platform":"tv",' + orjson.dumps(event)[1:]  # orjson keeps the last "platform"
+    assert validate(orjson.loads(raw)) is None
+    decoded, rejection = parse(raw, 4096)
+    assert decoded is None and rejection is not None
+    assert rejection.reason == "malformed_json" and "platform" in rejection.detail
 
 
 @given(message_sent, st.sampled_from(sorted(
@@ -53,6 +66,9 @@ def test_changing_any_field_is_either_valid_or_rejected_with_a_known_reason(
 ) -> None:
     mutated = {**event, field: value}
     rejection = validate(mutated)
+    decoded, parse_rejection = parse(orjson.dumps(mutated), 4096)
+    assert parse_rejection == rejection  # the C decoder and the explanation agree
+    assert (decoded is None) == (rejection is not None)
     if rejection is not None:
         assert rejection.reason in REJECTION_REASONS
         # the reason names the field, or the event as a whole
@@ -64,6 +80,8 @@ def test_changing_any_field_is_either_valid_or_rejected_with_a_known_reason(
 def test_arbitrary_bytes_never_raise(raw: bytes) -> None:
     event, rejection = parse(raw, 4096)
     if rejection is None:
-        assert validate(event) is None
+        assert validate(orjson.loads(raw)) is None
+        # what the worker reads is what was sent (fields outside the contract aside)
+        assert msgspec.to_builtins(event).items() <= orjson.loads(raw).items()
     else:
         assert rejection.reason in REJECTION_REASONS

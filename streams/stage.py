@@ -20,7 +20,7 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
-from streams.kafka_io import BatchWriter
+from streams.kafka_io import BatchWriter, raw_records
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,8 @@ async def read_partitions(
 ) -> int:
     """Read committed records of some partitions from the start to the current end."""
     reader = AIOKafkaConsumer(
-        isolation_level="read_committed", enable_auto_commit=False, **options
+        isolation_level="read_committed", enable_auto_commit=False,
+        value_deserializer=raw_records, **options,
     )
     await reader.start()
     records = 0
@@ -114,6 +115,7 @@ class TransactionalStage(ConsumerRebalanceListener, ABC, Generic[State]):
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            value_deserializer=raw_records,
             max_partition_fetch_bytes=8 * 1024 * 1024,
             fetch_max_bytes=32 * 1024 * 1024,
             **options,

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 from math import floor
 
-import orjson
+import msgspec
 
 from streams.events import Event, MessageSent
 from streams.partials import (
@@ -34,8 +34,11 @@ from streams.settings import Settings
 from streams.windows import PartitionClock
 
 
-@dataclass(slots=True)
-class Conversation:
+class Conversation(msgspec.Struct, array_like=True, gc=False):
+    """One conversation's start. Not tracked by Python's cycle collector (it holds only
+    strings, a float and a bool): a partition holds hundreds of thousands of these, and
+    with them tracked the collector's full passes took a third of the ingest's time."""
+
     started_at: float
     starter_id: str
     recipient_id: str
@@ -44,14 +47,15 @@ class Conversation:
     replied: bool = False
 
     def dumps(self) -> bytes:
-        return orjson.dumps([
-            self.started_at, self.starter_id, self.recipient_id, self.channel,
-            self.starter_type, self.replied,
-        ])
+        return _ENCODER.encode(self)
 
     @classmethod
     def loads(cls, raw: bytes) -> Conversation:
-        return cls(*orjson.loads(raw))
+        return _CONVERSATION_DECODER.decode(raw)
+
+
+_ENCODER = msgspec.json.Encoder()
+_CONVERSATION_DECODER = msgspec.json.Decoder(Conversation)
 
 
 # Per-sender activity counters, in this order (the risk stage's input).

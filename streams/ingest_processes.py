@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Barrier as BarrierType
 
+from streams import collector
 from streams.ingest import IngestStage
 from streams.pipeline_metrics import BatchReport
 from streams.settings import Settings
@@ -125,6 +126,7 @@ def run_child(
 ) -> None:
     """Entry point of one ingest child process."""
     _die_with(parent)
+    collector.tune_for_large_state()
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",

@@ -10,6 +10,7 @@ from typing import Any
 
 import faust
 
+from streams import collector
 from streams.app import Worker
 from streams.kafka_io import ensure_topics
 from streams.settings import Settings
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def run_worker(settings: Settings) -> int:
+    collector.tune_for_large_state()
     asyncio.run(ensure_topics(settings))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop
     worker = Worker(settings)

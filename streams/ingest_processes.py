@@ -24,11 +24,9 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from multiprocessing.synchronize import Barrier as BarrierType
 
 from streams import collector
 from streams.ingest import IngestStage
@@ -51,26 +49,19 @@ class IngestProcesses:
         self._children: list[tuple[BaseProcess, Connection]] = []
         self._stopping = False
         self._ended: asyncio.Future[None] | None = None
-        self._started: BarrierType | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._ended = loop.create_future()
         # spawn, not fork: a fork would copy a running event loop and live Kafka clients
         context = multiprocessing.get_context("spawn")
-        count = self.settings.ingest_processes
-        # the children join the group together (see TransactionalStage.settle); held
-        # here because a child only unpickles it once it runs, and the semaphore behind
-        # it goes when its last reference in this process does
-        started = self._started = context.Barrier(count)
-        for index in range(count):
+        for index in range(self.settings.ingest_processes):
             settings = self.settings.model_copy(
                 update={"worker_id": f"{self.settings.worker_id}.ingest{index}"}
             )
             receiver, sender = context.Pipe(duplex=False)
             process = context.Process(
-                target=run_child,
-                args=(settings, str(index), sender, os.getpid(), started, count),
+                target=run_child, args=(settings, str(index), sender, os.getpid()),
                 name=f"ingest-{index}",
             )
             process.start()
@@ -120,10 +111,7 @@ class IngestProcesses:
 
 
 # --- the child -------------------------------------------------------------------------
-def run_child(
-    settings: Settings, source: str, sender: Connection, parent: int,
-    started: BarrierType, siblings: int,
-) -> None:
+def run_child(settings: Settings, source: str, sender: Connection, parent: int) -> None:
     """Entry point of one ingest child process."""
     _die_with(parent)
     collector.tune_for_large_state()
@@ -131,18 +119,9 @@ def run_child(
         level=settings.log_level.upper(),
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
     )
-    code = asyncio.run(_serve(settings, source, sender, started, siblings))
+    code = asyncio.run(_serve(settings, source, sender))
     sender.close()
     sys.exit(code)
-
-
-def _wait_for_siblings(started: BarrierType, timeout: float) -> None:
-    """Until every child has its clients up; a sibling that never gets there only
-    costs the wait (the group rebalances when it does turn up)."""
-    try:
-        started.wait(timeout)
-    except threading.BrokenBarrierError:
-        log.warning("not every ingest child started within %.0f s; joining anyway", timeout)
 
 
 def _die_with(parent: int) -> None:
@@ -153,20 +132,13 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-async def _serve(
-    settings: Settings, source: str, sender: Connection, started: BarrierType, siblings: int
-) -> int:
+async def _serve(settings: Settings, source: str, sender: Connection) -> int:
     stage = IngestStage(settings, sender.send, report_source=source)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await stage.start(subscribe=False)
-    patience = settings.session_timeout_ms / 1000
-    await loop.run_in_executor(None, _wait_for_siblings, started, patience)
-    stage.subscribe()
-    fair_share = -(-stage.input_partition_count // siblings)
-    await stage.settle(fair_share, timeout=patience / 2)
+    await stage.start()
     runner = asyncio.create_task(stage.run())
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)

@@ -102,8 +102,7 @@ class TransactionalStage(ConsumerRebalanceListener, ABC, Generic[State]):
         """Records to publish as this worker gives partitions up (revoke or stop)."""
 
     # --- lifecycle ------------------------------------------------------------------------
-    async def start(self, subscribe: bool = True) -> None:
-        """Start the clients and (unless told not to yet) join the consumer group."""
+    async def start(self) -> None:
         # aiokafka clients bind to the running loop, so they are made here, not in __init__
         options = self._options
         self.consumer = AIOKafkaConsumer(
@@ -112,8 +111,7 @@ class TransactionalStage(ConsumerRebalanceListener, ABC, Generic[State]):
             # instead of waiting out the dead incarnation's session
             group_instance_id=f"{self.group_id}-{self.settings.worker_id}",
             session_timeout_ms=self.settings.session_timeout_ms,
-            # a member learns of a rebalance at its next heartbeat: keep that prompt
-            heartbeat_interval_ms=max(1000, self.settings.session_timeout_ms // 10),
+            heartbeat_interval_ms=max(1000, self.settings.session_timeout_ms // 4),
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
@@ -139,28 +137,10 @@ class TransactionalStage(ConsumerRebalanceListener, ABC, Generic[State]):
             await self.consumer._client.force_metadata_update()
             partitions = self.consumer.partitions_for_topic(self.input_topic)
         self.input_partition_count = len(partitions or ())
-        self._started = True
-        if subscribe:
-            self.subscribe()
-
-    def subscribe(self) -> None:
         self.consumer.subscribe([self.input_topic], listener=self)
+        self._started = True
         log.info("%s started: %d input partitions, group %s", self.name,
                  self.input_partition_count, self.group_id)
-
-    async def settle(self, fair_share: int, timeout: float) -> None:
-        """Wait (at most ``timeout`` s) until this member owns at most ``fair_share``
-        input partitions. Members that start together join one after the other: the
-        first is handed everything, and whatever it reads before the next rebalance
-        reaches it is read again by the partitions' new owners, after a pause to
-        commit, hand over and restore. Waiting for the group to fill costs less."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline and not self._stopping.is_set():
-            owned = len(self.consumer.assignment())
-            if 0 < owned <= fair_share:
-                return
-            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         self._stopping.set()

@@ -37,7 +37,8 @@ def show(result: dict[str, Any], console: Console) -> None:
         table = Table(title=title)
         for column, justify in (
             ("variant", "left"), ("events/s", "right"), ("× ceiling", "right"),
-            ("CPU s / M events", "right"), ("peak RSS MiB", "right"), ("seconds", "right"),
+            ("CPU s / M events", "right"), ("broker CPU s / M", "right"),
+            ("peak RSS MiB", "right"), ("seconds", "right"),
             ("startup s", "right"), ("status", "left"),
         ):
             table.add_column(column, justify=justify)  # type: ignore[arg-type]
@@ -52,7 +53,7 @@ def show(result: dict[str, Any], console: Console) -> None:
             table.add_row(
                 f"{v['name']} {v['label']}", _num(v["events_per_second"], ",.0f"),
                 _num(v["ratio_to_ceiling"], ".3f"), _num(v["cpu_seconds_per_million"], ".1f"),
-                _num(rss, ".0f"), _num(v["seconds"], ".2f"), _num(v["startup_seconds"], ".1f"),
+                _num(v["info"].get("broker_cpu_seconds_per_million"), ".1f"), _num(rss, ".0f"), _num(v["seconds"], ".2f"), _num(v["startup_seconds"], ".1f"),
                 status,
             )
         console.print(table)

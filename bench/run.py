@@ -105,6 +105,7 @@ class Context:
     logs: Path
     processes: Processes
     timeout: float = 0.0  # seconds one variant may take
+    broker_pid: int | None = None  # the local broker, whose CPU each variant also costs
 
     def settings(self, name: str, **overrides: Any) -> Settings:
         """Settings with this run's own app id and topics (``bench-<run>-<name>.<topic>``)."""
@@ -186,14 +187,18 @@ Poll = Callable[[], tuple[float, float | None, float | None, dict[str, Any]]]
 def watch(
     outcome: Outcome, target: int, pids: Callable[[], list[int]], poll: Poll,
     check: Callable[[], None], started_wall: float, timeout: float, interval: float,
+    broker_pid: int | None = None,
 ) -> Outcome:
     """Sample progress and CPU until ``target`` events are done; fill in the outcome.
 
     ``poll`` returns (count, first_wall, done_wall, info); a variant that does not
     report first/done wall times (the worker) is timed by the samples instead:
     from the first sample with a count > 0 to the first with the target reached.
+    The local broker's CPU over the same interval goes into ``info``: on a small
+    machine it shares the cores with the variant.
     """
     sampler: Sampler | None = None
+    broker = Sampler([broker_pid]) if broker_pid else None
     first: tuple[float, float] | None = None  # (wall, count) of the first sample with progress
     done_sample: float | None = None
     reported_first = reported_done = None
@@ -210,6 +215,8 @@ def watch(
         now = time.time()
         if sampler is not None:
             sampler.sample(count)
+            if broker is not None:
+                broker.sample(count)
         if count != last_count:
             last_count, last_change = count, now
         if first is None and count > 0:
@@ -225,6 +232,8 @@ def watch(
     assert sampler is not None and first is not None and done_sample is not None
     time.sleep(interval)  # one more sample after the end, to interpolate the CPU
     sampler.sample(count)
+    if broker is not None:
+        broker.sample(count)
     if reported_first is not None and reported_done is not None:
         t0, c0, t1 = reported_first, 0.0, reported_done
     else:
@@ -245,6 +254,10 @@ def watch(
     outcome.cpu_seconds = sampler.cpu_at(t1) - sampler.cpu_at(t0)
     outcome.cpu_seconds_per_million = outcome.cpu_seconds / events * 1e6
     outcome.info["cpu_seconds_total"] = round(sampler.samples[-1].cpu, 3)
+    if broker is not None:
+        broker_cpu = broker.cpu_at(t1) - broker.cpu_at(t0)
+        outcome.info["broker_cpu_seconds_per_million"] = round(broker_cpu / events * 1e6, 2)
+        outcome.info["broker_cores"] = round(broker_cpu / (t1 - t0), 2)
     outcome.info["timeline"] = _timeline(sampler, started_wall)
     return outcome
 
@@ -284,7 +297,8 @@ def run_peer(
 
     try:
         watch(outcome, ctx.args.events, lambda: [proc.pid], poll,
-              _proc_check(proc, name, log_path), started, ctx.timeout, PEER_POLL)
+              _proc_check(proc, name, log_path), started, ctx.timeout, PEER_POLL,
+              broker_pid=ctx.broker_pid)
         time.sleep(0.3)  # a last status write (e.g. the ceiling's cell count)
         outcome.info.update(poll()[3])
     finally:
@@ -362,7 +376,8 @@ def run_worker(ctx: Context, topic: str) -> Outcome:
             return 0, None, None, {}
 
     try:
-        watch(outcome, ctx.args.events, pids, poll, check, started, ctx.timeout, WORKER_POLL)
+        watch(outcome, ctx.args.events, pids, poll, check, started, ctx.timeout, WORKER_POLL,
+              broker_pid=ctx.broker_pid)
         scraped = worker.scrape()
         outcome.info["invalid_events"] = _metric_sum(scraped, "messaging_invalid_events_total")
         outcome.info["late_events"] = _metric_sum(scraped, "messaging_late_events_total")
@@ -733,6 +748,7 @@ def main(argv: list[str] | None = None) -> int:
             base = Settings(**{**base.model_dump(),
                                "kafka_bootstrap_servers": broker.bootstrap_servers})
             ctx.base = base
+            ctx.broker_pid = broker.pid
             result["broker"] = {"bootstrap": "local (deploy.local_kafka)",
                                 "version": result["versions"]["kafka_broker"], "pid": broker.pid}
         if args.soak_minutes:

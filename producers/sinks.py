@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, Self
 
 import orjson
 
-from streams.kafka_io import BatchWriter, partition_for
+from streams.kafka_io import BatchWriter, KeyPartitions
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
@@ -80,8 +80,6 @@ class KafkaSink(_ClosingContext):
     the payload, and old event times must not trip the topic's retention.
     """
 
-    _CACHE_LIMIT = 200_000  # partition per key: a conversation's events share a key
-
     def __init__(
         self,
         settings: Settings,
@@ -109,7 +107,7 @@ class KafkaSink(_ClosingContext):
         self._started = False
         self._closed = False
         self._partition_count = 0
-        self._cache: dict[bytes, int] = {}
+        self._key_partitions = KeyPartitions(1)  # a conversation's events share a key
         self._round_robin = 0
 
     async def start(self) -> None:
@@ -133,6 +131,7 @@ class KafkaSink(_ClosingContext):
             await self._producer.stop()
             raise
         self._partition_count = len(partitions)
+        self._key_partitions = KeyPartitions(len(partitions), limit=200_000)
         self._writer = BatchWriter(self._producer)
         self._started = True
 
@@ -150,17 +149,13 @@ class KafkaSink(_ClosingContext):
         await self.start()
         assert self._writer is not None
         add, topic = self._writer.add, self.topic
-        cache, n = self._cache, self._partition_count
+        key_partition, n = self._key_partitions, self._partition_count
         for key, value in records:
             if key is None:
                 partition = self._round_robin % n
                 self._round_robin += 1
             else:
-                partition = cache.get(key, -1)
-                if partition < 0:
-                    if len(cache) >= self._CACHE_LIMIT:
-                        cache.clear()
-                    partition = cache[key] = partition_for(key, n)
+                partition = key_partition(key)
             await add(topic, partition, key, value)
             self.events_sent += 1
         await self._writer.ship_older_than(self._linger)

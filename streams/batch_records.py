@@ -10,11 +10,14 @@ from typing import Any
 
 from streams import distinct
 from streams.conversations import BatchWindows
-from streams.kafka_io import partition_for
+from streams.kafka_io import KeyPartitions, partition_for
 from streams.partials import GLOBAL_SEGMENT, encode, split_by_segment
 from streams.windows import PartitionClock, finite_or_none
 
 Record = dict[str, Any]
+
+# per activity partition count (one in practice): senders recur batch after batch
+_sender_partitions: dict[int, KeyPartitions] = {}
 
 
 def partial_records(
@@ -45,12 +48,21 @@ def activity_records(
     source: int, last_offset: int, batch: BatchWindows, activity_partitions: int
 ) -> list[tuple[int, Record]]:
     """Per-sender activity, one record per activity partition: repartitioned by sender."""
+    partition_of = _sender_partitions.get(activity_partitions)
+    if partition_of is None:
+        partition_of = _sender_partitions[activity_partitions] = KeyPartitions(activity_partitions)
     targets: dict[int, dict[str, dict[str, list[int]]]] = {}
     for start, senders in batch.activity.items():
         window = str(start)
         for sender, counts in senders.items():
-            target = targets.setdefault(partition_for(sender.encode(), activity_partitions), {})
-            target.setdefault(window, {})[sender] = counts
+            partition = partition_of(sender)
+            target = targets.get(partition)
+            if target is None:
+                target = targets[partition] = {}
+            by_window = target.get(window)
+            if by_window is None:
+                by_window = target[window] = {}
+            by_window[sender] = counts
     return [
         (target, {"kind": "activity", "source": source, "offset": last_offset,
                   "windows": windows})

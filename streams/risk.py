@@ -63,6 +63,10 @@ class Flag:
         return asdict(self)
 
 
+def _by_sender(flag: Flag) -> str:
+    return flag.sender_id
+
+
 @dataclass(slots=True)
 class RiskState:
     owner: int
@@ -104,15 +108,20 @@ class RiskState:
                         total[i] += value
 
     def _close(self, start: int) -> list[Flag]:
+        """Judge every sender of a closing window. Flags come out in a fixed order
+        (velocity and spam-report flags by sender, then InMail flags by sender) without
+        sorting the window's tens of thousands of senders: only the flags are sorted."""
         rules, end = self.rules, start + self.window_size
         senders = self.windows.pop(start)
-        flags = []
+        flags: list[Flag] = []
+        inmail_senders = []
         bucket = math.floor(start / rules.inmail_bucket) * rules.inmail_bucket
-        for sender, counts in sorted(senders.items()):
-            if counts[SENT_MESSAGES] >= rules.velocity_messages:
+        velocity, spam_reports = rules.velocity_messages, rules.spam_reports
+        for sender, counts in senders.items():
+            if counts[SENT_MESSAGES] >= velocity:
                 flags.append(Flag("velocity", sender, start, end,
                                   {"messages": counts[SENT_MESSAGES]}))
-            if counts[REPORTS_RECEIVED] >= rules.spam_reports:
+            if counts[REPORTS_RECEIVED] >= spam_reports:
                 flags.append(Flag("spam_reports", sender, start, end,
                                   {"reports_received": counts[REPORTS_RECEIVED]}))
             if counts[INMAILS_SENT] or counts[INMAIL_REPLIES]:
@@ -120,12 +129,14 @@ class RiskState:
                 totals = buckets.setdefault(bucket, [0, 0])
                 totals[0] += counts[INMAILS_SENT]
                 totals[1] += counts[INMAIL_REPLIES]
+                if counts[INMAILS_SENT]:
+                    inmail_senders.append(sender)
+        flags.sort(key=_by_sender)  # stable: a sender's velocity flag stays first
         self._expire_inmail(end)
-        for sender, counts in sorted(senders.items()):
-            if counts[INMAILS_SENT]:
-                flag = self._judge_inmail(sender, start, end)
-                if flag is not None:
-                    flags.append(flag)
+        for sender in sorted(inmail_senders):
+            flag = self._judge_inmail(sender, start, end)
+            if flag is not None:
+                flags.append(flag)
         tally: Partial = {(FLAGGED, rule): 0 for rule in RULES}
         for flag in flags:
             tally[(FLAGGED, flag.rule)] += 1

@@ -77,7 +77,9 @@ def show(result: dict[str, Any], console: Console) -> None:
         ratio = soak["second_half_max_over_min"]
         console.print(
             f"soak: {soak['minutes']:g} min at {soak['rate']:,.0f} events/s asked, "
-            f"{_num(soak['achieved_events_per_second'], ',.0f')} sent; final lag "
+            f"{_num(soak['achieved_events_per_second'], ',.0f')} sent; counted "
+            f"{_num(soak.get('processed'), ',.0f')}, late {_num(soak.get('late'), ',.0f')}, "
+            f"invalid {_num(soak.get('invalid'), ',.0f')}; final lag "
             f"{_num(soak['final_lag'], ',.0f')}; worker RSS second half max/min "
             f"{_num(ratio, '.3f')} → {'flat (≤ 1.10)' if soak['rss_flat'] else 'NOT flat'}; "
             f"peak {soak['peak_rss_bytes'] / MIB:.0f} MiB"

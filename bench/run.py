@@ -585,6 +585,10 @@ def run_soak(ctx: Context) -> dict[str, Any]:
                 "seconds": round(now - started, 2),
                 "rss_bytes": rss_of_tree(pid, "VmRSS"),  # ingest children included
                 "processed": _metric_sum(scraped, "messaging_events_processed_total"),
+                # late: with several producers each keeps its own event-time pace, and at
+                # high --speed the allowed lateness is a small fraction of a wall second
+                "late": _metric_sum(scraped, "messaging_late_events_total"),
+                "invalid": _metric_sum(scraped, "messaging_invalid_events_total"),
                 "lag": _metric_sum(scraped, "messaging_consumer_lag_messages"),
             })
             if worker.process is None or worker.process.poll() is not None:
@@ -610,6 +614,8 @@ def run_soak(ctx: Context) -> dict[str, Any]:
         "speed": args.speed, "events_sent": sent,
         "achieved_events_per_second": sent / produced_for if produced_for else None,
         "processed": samples[-1]["processed"] if samples else None,
+        "late": samples[-1]["late"] if samples else None,
+        "invalid": samples[-1]["invalid"] if samples else None,
         "final_lag": samples[-1]["lag"] if samples else None,
         "second_half_max_over_min": ratio,
         "rss_flat": ratio is not None and ratio <= 1.10,

@@ -106,8 +106,8 @@ class KafkaSink(_ClosingContext):
         self._writer: BatchWriter | None = None
         self._started = False
         self._closed = False
-        self._partition_count = 0
-        self._key_partitions = KeyPartitions(1)  # a conversation's events share a key
+        # the topic's partitions, learnt at start(); a conversation's events share a key
+        self._key_partitions: KeyPartitions | None = None
         self._round_robin = 0
 
     async def start(self) -> None:
@@ -130,7 +130,6 @@ class KafkaSink(_ClosingContext):
             self._closed = True
             await self._producer.stop()
             raise
-        self._partition_count = len(partitions)
         self._key_partitions = KeyPartitions(len(partitions), limit=200_000)
         self._writer = BatchWriter(self._producer)
         self._started = True
@@ -147,9 +146,10 @@ class KafkaSink(_ClosingContext):
         if self._closed:
             raise RuntimeError("sink is closed")
         await self.start()
-        assert self._writer is not None
+        assert self._writer is not None and self._key_partitions is not None
         add, topic = self._writer.add, self.topic
-        key_partition, n = self._key_partitions, self._partition_count
+        key_partition = self._key_partitions
+        n = key_partition.partitions
         for key, value in records:
             if key is None:
                 partition = self._round_robin % n

@@ -6,6 +6,7 @@ owners and the risk owners exactly the same records.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from streams import distinct
@@ -16,8 +17,11 @@ from streams.windows import PartitionClock, finite_or_none
 
 Record = dict[str, Any]
 
-# per activity partition count (one in practice): senders recur batch after batch
-_sender_partitions: dict[int, KeyPartitions] = {}
+
+@functools.cache
+def _sender_partitions(activity_partitions: int) -> KeyPartitions:
+    """One memo per partition count (one in practice): senders recur batch after batch."""
+    return KeyPartitions(activity_partitions)
 
 
 def partial_records(
@@ -48,9 +52,7 @@ def activity_records(
     source: int, last_offset: int, batch: BatchWindows, activity_partitions: int
 ) -> list[tuple[int, Record]]:
     """Per-sender activity, one record per activity partition: repartitioned by sender."""
-    partition_of = _sender_partitions.get(activity_partitions)
-    if partition_of is None:
-        partition_of = _sender_partitions[activity_partitions] = KeyPartitions(activity_partitions)
+    partition_of = _sender_partitions(activity_partitions)
     targets: dict[int, dict[str, dict[str, list[int]]]] = {}
     for start, senders in batch.activity.items():
         window = str(start)

@@ -1,0 +1,55 @@
+"""The Faust producer buffer's flush: Faust commits offsets right after it, so it must
+not return while a table changelog message is still on its way to the producer."""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from faust.transport.producer import ProducerBuffer
+
+from streams.faust_transport import DrainingProducerBuffer
+
+
+class SlowChannel:
+    """Stands in for the topic: handing a message to the producer takes a while, as
+    when aiokafka waits for the partition's previous batch to drain."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.handed_over = 0
+
+    async def publish_message(self, fut: Any, wait: bool = False) -> None:
+        await asyncio.sleep(self.seconds)
+        self.handed_over += 1
+
+
+async def _flush_with(buffer: ProducerBuffer, messages: int, seconds: float) -> int:
+    """Queue ``messages``, flush, and return how many were handed over by then."""
+    buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+    channel = SlowChannel(seconds)
+    await buffer.start()
+    try:
+        for _ in range(messages):
+            buffer.put(SimpleNamespace(message=SimpleNamespace(channel=channel)))
+        await asyncio.sleep(0)  # the buffer's task takes the first message off the queue
+        await buffer.flush()
+        handed_over = channel.handed_over
+        while channel.handed_over < messages:  # let the rest go before stopping
+            await asyncio.sleep(0.05)
+        return handed_over
+    finally:
+        await buffer.stop()
+
+
+def test_flush_waits_for_the_message_taken_off_the_queue() -> None:
+    # Faust's own buffer: the queue is empty, so it returns with the message in flight
+    assert asyncio.run(_flush_with(ProducerBuffer(), 1, 0.3)) == 0
+    assert asyncio.run(_flush_with(DrainingProducerBuffer(), 1, 0.3)) == 1
+
+
+def test_flush_does_not_give_up_on_slow_messages() -> None:
+    # Faust's own buffer returns after 0.1 s without a message handed over
+    assert asyncio.run(_flush_with(ProducerBuffer(), 3, 0.15)) < 3
+    assert asyncio.run(_flush_with(DrainingProducerBuffer(), 3, 0.15)) == 3

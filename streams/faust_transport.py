@@ -65,7 +65,8 @@ class DrainingProducerBuffer(ProducerBuffer):
 
     async def flush(self) -> None:
         while self.size or self.in_flight:
-            if self.state != "running":
+            # stopping: the message in flight still goes, the queued ones would not
+            if self.state != "running" and not self.in_flight:
                 raise RuntimeError("cannot flush: the producer buffer is not running")
             self.message_sent.clear()
             # a timeout only re-checks: the message may have gone before clear()

@@ -53,3 +53,17 @@ def test_flush_does_not_give_up_on_slow_messages() -> None:
     # Faust's own buffer returns after 0.1 s without a message handed over
     assert asyncio.run(_flush_with(ProducerBuffer(), 3, 0.15)) < 3
     assert asyncio.run(_flush_with(DrainingProducerBuffer(), 3, 0.15)) == 3
+
+
+def test_stopping_lets_the_message_in_flight_go() -> None:
+    async def stop_with_one_in_flight() -> int:
+        buffer = DrainingProducerBuffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+        channel = SlowChannel(0.2)
+        await buffer.start()
+        buffer.put(SimpleNamespace(message=SimpleNamespace(channel=channel)))
+        await asyncio.sleep(0)
+        await buffer.stop()  # flushes first: must wait for it, not refuse
+        return channel.handed_over
+
+    assert asyncio.run(stop_with_one_in_flight()) == 1

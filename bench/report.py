@@ -70,7 +70,8 @@ def show(result: dict[str, Any], console: Console) -> None:
                 f"{fresh['speed']:g}): p50 {_num(fresh['p50_seconds'], '.2f')} s, p95 "
                 f"{_num(fresh['p95_seconds'], '.2f')} s, max {_num(fresh['max_seconds'], '.2f')} s "
                 f"over {fresh['windows_measured']} windows (includes the allowed lateness, "
-                f"{fresh['lateness_wall_seconds']:.2f} wall s at this speed)"
+                f"{fresh['lateness_wall_seconds']:.2f} wall s at this speed on average: less in "
+                f"the simulated night, when event time runs faster)"
             )
     soak = result.get("soak")
     if soak:

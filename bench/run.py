@@ -543,7 +543,8 @@ def freshness_summary(
         "min_seconds": values[0] if values else None,
         "lateness_wall_seconds": lateness_wall,
         "sample_interval_seconds": 0.1,
-        "note": "includes the allowed lateness (ALLOWED_LATENESS_SECONDS / speed wall s: a "
+        "note": "includes the allowed lateness (ALLOWED_LATENESS_SECONDS / speed wall s on "
+                "average, less in the simulated night when event time runs faster: a "
                 "window closes when an event that much later has arrived), the producer's "
                 "linger (one 50 ms tick) and up to one 100 ms sample",
         "windows": windows,

@@ -25,15 +25,21 @@ class SlowChannel:
         self.handed_over += 1
 
 
-async def _flush_with(buffer: ProducerBuffer, messages: int, seconds: float) -> int:
-    """Queue ``messages``, flush, and return how many were handed over by then."""
+async def _start_with(buffer: ProducerBuffer, messages: int, seconds: float) -> SlowChannel:
+    """Start ``buffer`` with ``messages`` queued, the first one already taken off."""
     buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
     channel = SlowChannel(seconds)
     await buffer.start()
+    for _ in range(messages):
+        buffer.put(SimpleNamespace(message=SimpleNamespace(channel=channel)))
+    await asyncio.sleep(0)  # the buffer's task takes the first message off the queue
+    return channel
+
+
+async def _flush_with(buffer: ProducerBuffer, messages: int, seconds: float) -> int:
+    """Queue ``messages``, flush, and return how many were handed over by then."""
+    channel = await _start_with(buffer, messages, seconds)
     try:
-        for _ in range(messages):
-            buffer.put(SimpleNamespace(message=SimpleNamespace(channel=channel)))
-        await asyncio.sleep(0)  # the buffer's task takes the first message off the queue
         await buffer.flush()
         handed_over = channel.handed_over
         while channel.handed_over < messages:  # let the rest go before stopping
@@ -58,11 +64,7 @@ def test_flush_does_not_give_up_on_slow_messages() -> None:
 def test_stopping_lets_the_message_in_flight_go() -> None:
     async def stop_with_one_in_flight() -> int:
         buffer = DrainingProducerBuffer()
-        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
-        channel = SlowChannel(0.2)
-        await buffer.start()
-        buffer.put(SimpleNamespace(message=SimpleNamespace(channel=channel)))
-        await asyncio.sleep(0)
+        channel = await _start_with(buffer, 1, 0.2)
         await buffer.stop()  # flushes first: must wait for it, not refuse
         return channel.handed_over
 

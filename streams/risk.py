@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -61,10 +62,6 @@ class Flag:
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _by_sender(flag: Flag) -> str:
-    return flag.sender_id
 
 
 @dataclass(slots=True)
@@ -131,7 +128,7 @@ class RiskState:
                 totals[1] += counts[INMAIL_REPLIES]
                 if counts[INMAILS_SENT]:
                     inmail_senders.append(sender)
-        flags.sort(key=_by_sender)  # stable: a sender's velocity flag stays first
+        flags.sort(key=attrgetter("sender_id"))  # stable: a sender's velocity flag stays first
         self._expire_inmail(end)
         for sender in sorted(inmail_senders):
             flag = self._judge_inmail(sender, start, end)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -191,6 +192,7 @@ class LocalKafka:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the broker by PID (SIGTERM, then SIGKILL) and drop a temp data dir."""
         if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)  # a paused broker cannot stop
             stop_process(self.process, timeout)
             log.info("stopped Kafka (pid %d)", self.process.pid)
             self.process = None
@@ -204,6 +206,25 @@ class LocalKafka:
         self.stop()
         self._own_data_dir = own
         self.start()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no controlled shutdown, nothing flushed. The data stays,
+        for :meth:`start` on the same ports (log recovery then runs, as after a crash)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            log.info("killed Kafka (pid %d)", self.process.pid)
+            self.process = None
+
+    def pause(self) -> None:
+        """SIGSTOP, as a stall (a long GC pause, a hung host): connections stay open and
+        nothing answers. :meth:`resume` lets it go on."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -288,6 +288,20 @@ ALERTS: tuple[AlertSpec, ...] = (
             "partitions it owns are not processed until another worker takes them over."
         ),
     ),
+    AlertSpec(
+        alert="MessagingKafkaUnreachable",
+        severity="critical",
+        group="messaging-pipeline",
+        expr="max by (instance, stage) (messaging_kafka_outage_seconds) > 60",
+        for_="1m",
+        summary="The {{ $labels.stage }} stage on {{ $labels.instance }} has no Kafka",
+        description=(
+            "The {{ $labels.stage }} stage on {{ $labels.instance }} has been without "
+            "Kafka for {{ $value | humanizeDuration }}: it holds the watermark (no window "
+            "closes early, nothing is lost) and retries from its last commit, but no "
+            "window closes until it has Kafka back. Brokers down, stalled or unreachable."
+        ),
+    ),
     _invalid("warning", "10m"),
     _invalid("critical", "5m"),
     AlertSpec(

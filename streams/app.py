@@ -106,10 +106,10 @@ class Worker:
         self._states: dict[int, OwnerState] = {}  # owned partials partition -> live state
         self.app.on_partitions_revoked.connect(self._forget_revoked)
         self.ingest: Stage = (
-            IngestProcesses(settings, self.metrics.record_batch) if settings.ingest_processes
-            else IngestStage(settings, self.metrics.record_batch)
+            IngestProcesses(settings, self.metrics.record) if settings.ingest_processes
+            else IngestStage(settings, self.metrics.record)
         )
-        self.risk = RiskStage(settings)
+        self.risk = RiskStage(settings, self.metrics.record)
         self.registry.register(WindowCollector(self._window_owners, settings.window_seconds))
         owned = self.metrics.owned_partitions  # ingest: from its reports
         owned.labels("risk").set_function(lambda: len(self.risk.partitions))

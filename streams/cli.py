@@ -8,29 +8,23 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from streams.logs import setup_logging
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from streams.worker import run_worker
 
-    _setup_logging(settings)
+    setup_logging(settings)
     return run_worker(settings)
 
 
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     from producers import cli as producer_cli
 
-    _setup_logging(settings)
+    setup_logging(settings)
     if args.sink == "kafka":
         from streams.kafka_io import ensure_topics
 
@@ -41,7 +35,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from streams.demo import run_demo
 
-    _setup_logging(settings)
+    setup_logging(settings)
     return run_demo(settings, duration=args.duration)
 
 
@@ -50,7 +44,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
     from streams.replay import replay
 
-    _setup_logging(settings)
+    setup_logging(settings)
     with open(args.input, "rb") as lines:
         result = replay((line.rstrip(b"\n") for line in lines), settings)
     out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
@@ -76,7 +70,7 @@ def cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
 
     from deploy.local_kafka import LocalKafka
 
-    _setup_logging(settings)
+    setup_logging(settings)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

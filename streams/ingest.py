@@ -23,19 +23,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 
 from streams.batch_records import activity_records, mark_record, partial_records
 from streams.conversations import BatchWindows, Conversation, PartitionCore, new_core
 from streams.events import Rejection, parse
 from streams.kafka_io import BatchWriter
+from streams.outage import OutageReport
 from streams.pipeline_metrics import BatchReport
 from streams.settings import Settings
 from streams.stage import TransactionalStage
-from streams.windows import PartitionClock, finite_or_none, or_minus_inf, window_start
+from streams.windows import (
+    Idleness,
+    PartitionClock,
+    finite_or_none,
+    or_minus_inf,
+    window_start,
+)
 
 log = logging.getLogger(__name__)
 
+CONFIRM_TIMEOUT_SECONDS = 5.0  # for the broker to say where a partition ends
 CLOCK_KEY = b"\x00clock"  # the partition clock's record in the state changelog
 IDS_PREFIX = b"\x00ids:"  # one record per batch: the event ids it accepted, with their ts
 
@@ -43,8 +52,8 @@ IDS_PREFIX = b"\x00ids:"  # one record per batch: the event ids it accepted, wit
 @dataclass(slots=True)
 class IngestPartition:
     core: PartitionCore
+    idleness: Idleness
     id_records: dict[bytes, float] = field(default_factory=dict)  # key -> newest ts in it
-    last_input_wall: float = field(default_factory=time.monotonic)
     sent_mark: tuple[Any, ...] | None = None  # last (window of wm, window of max_ts, idle)
 
 
@@ -59,13 +68,14 @@ class IngestStage(TransactionalStage[IngestPartition]):
     name = "ingest"
 
     def __init__(
-        self, settings: Settings, report: Callable[[BatchReport], object], report_source: str = ""
+        self, settings: Settings, report: Callable[[BatchReport | OutageReport], object],
+        report_source: str = "",
     ) -> None:
         super().__init__(
             settings, settings.events_topic, settings.ingest_state_topic,
-            settings.ingest_max_batch,
+            settings.ingest_max_batch, source=report_source, on_outage=report,
         )
-        self.report = report  # after every committed transaction
+        self.report = report  # after every committed transaction, and outages
         self.report_source = report_source
         self._tally = _Tally()
         self._next_offsets: dict[int, int] = {}
@@ -76,7 +86,7 @@ class IngestStage(TransactionalStage[IngestPartition]):
 
     # --- state ----------------------------------------------------------------------------
     def new_state(self, partition: int) -> IngestPartition:
-        return IngestPartition(new_core(self.settings))
+        return IngestPartition(new_core(self.settings), Idleness(self.settings.idle_timeout_seconds))
 
     def restore_record(self, state: IngestPartition, key: bytes | None, value: bytes | None) -> None:
         core = state.core
@@ -133,7 +143,7 @@ class IngestStage(TransactionalStage[IngestPartition]):
                     ("dlq.source", f"{tp.topic}/{tp.partition}/{message.offset}".encode()),
                 ],
             )
-        state.last_input_wall = time.monotonic()
+        state.idleness.input()
         last_offset = messages[-1].offset
         self._next_offsets[tp.partition] = last_offset + 1
         await self._send_partials(tp.partition, last_offset, batch, writer)
@@ -190,15 +200,53 @@ class IngestStage(TransactionalStage[IngestPartition]):
             await writer.add(settings.activity_topic, partition, None, orjson.dumps(record))
 
     # --- every transaction ----------------------------------------------------------------
+    async def before_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        """Ask the broker whether the quiet partitions have anything left to read."""
+        now = time.monotonic()
+        quiet = {
+            source: state for source, state in self.partitions.items()
+            if not batch.get(TopicPartition(self.input_topic, source))
+            and state.idleness.check_due(now, state.core.clock.idle)
+        }
+        if quiet:
+            await self._confirm_caught_up(quiet)
+
+    async def _confirm_caught_up(self, quiet: dict[int, IngestPartition]) -> None:
+        """Each partition's position against a fresh end offset (read_committed: the last
+        stable offset). A stale high watermark only proves records are waiting; it
+        never proves there are none, because the broker may have been unreachable
+        since. An error or no answer within the bound confirms nothing."""
+        consumer = self.consumer
+        tps = {source: TopicPartition(self.input_topic, source) for source in quiet}
+        try:
+            async with asyncio.timeout(CONFIRM_TIMEOUT_SECONDS):
+                positions = {s: await consumer.position(tp) for s, tp in tps.items()}
+                behind = {
+                    s for s, tp in tps.items()
+                    if (consumer.highwater(tp) or 0) > positions[s]
+                }
+                asked = [tp for s, tp in tps.items() if s not in behind]
+                ends = await consumer.end_offsets(asked) if asked else {}
+        except (KafkaError, TimeoutError, IllegalStateError) as exc:
+            now = time.monotonic()
+            for state in quiet.values():
+                state.idleness.unconfirmed(now)
+            self.health.failed("confirming its partitions are caught up", exc)
+            return
+        now = time.monotonic()
+        for source, state in quiet.items():
+            tp = tps[source]
+            caught_up = source not in behind and positions[source] >= ends[tp]
+            state.idleness.confirmed(now, caught_up)
+        self.health.succeeded()
+
     async def after_batch(self, writer: BatchWriter) -> None:
         """Tell every downstream partition how far each of our input partitions has got."""
         now = time.monotonic()
         size = self.settings.window_seconds
         for source, partition in self.partitions.items():
             clock = partition.core.clock
-            quiet = now - partition.last_input_wall >= self.settings.idle_timeout_seconds
-            if not clock.idle and quiet and await self._caught_up(source):
-                clock.idle = True
+            clock.idle = partition.idleness.idle(now)
             mark_id = (
                 _window_index(clock.watermark, size), _window_index(clock.max_ts, size), clock.idle
             )
@@ -226,13 +274,6 @@ class IngestStage(TransactionalStage[IngestPartition]):
         for topic, count in self._mark_targets:
             for target in range(count):
                 await writer.add(topic, target, b"mark", value)
-
-    async def _caught_up(self, partition: int) -> bool:
-        """Nothing left to read: a partition that only waits its turn in a backlog is
-        quiet but not idle, and must keep holding the watermark back."""
-        tp = TopicPartition(self.input_topic, partition)
-        highwater = self.consumer.highwater(tp)
-        return highwater is not None and await self.consumer.position(tp) >= highwater
 
     def committed(self, events: int, seconds: float) -> None:
         tally, self._tally = self._tally, _Tally()

@@ -11,7 +11,10 @@ batch over a pipe and the parent counts it into the worker's metrics.
 
 Children never outlive the worker: they ask the kernel to kill them when the parent
 dies (``PR_SET_PDEATHSIG``), so ``kill -9`` of the worker is ``kill -9`` of the whole
-set, and a child that exits unasked takes the worker down (restart, restore, resume).
+set. A child that exits unasked (killed for memory, or a failure its stage could not
+ride out) is started again and restores its partitions from the changelog, as after a
+crash; only a child that exits with ``FATAL_EXIT_CODE`` (bad credentials, a missing
+permission: retrying cannot mend it) takes the worker down.
 """
 
 from __future__ import annotations
@@ -30,12 +33,15 @@ from multiprocessing.process import BaseProcess
 
 from streams import collector
 from streams.ingest import IngestStage
+from streams.logs import setup_logging
+from streams.outage import RETRY_FIRST_SECONDS, OutageReport, is_fatal
 from streams.pipeline_metrics import BatchReport
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+FATAL_EXIT_CODE = 2  # a child that exits so is not restarted: retrying cannot mend it
 
 
 class IngestProcesses:
@@ -43,51 +49,70 @@ class IngestProcesses:
 
     name = "ingest"
 
-    def __init__(self, settings: Settings, report: Callable[[BatchReport], object]) -> None:
+    def __init__(
+        self, settings: Settings, report: Callable[[BatchReport | OutageReport], object]
+    ) -> None:
         self.settings = settings
         self.report = report
         self._children: list[tuple[BaseProcess, Connection]] = []
         self._stopping = False
         self._ended: asyncio.Future[None] | None = None
+        self.restarts = 0
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._ended = loop.create_future()
-        # spawn, not fork: a fork would copy a running event loop and live Kafka clients
-        context = multiprocessing.get_context("spawn")
+        self._ended = asyncio.get_running_loop().create_future()
         for index in range(self.settings.ingest_processes):
-            settings = self.settings.model_copy(
-                update={"worker_id": f"{self.settings.worker_id}.ingest{index}"}
-            )
-            receiver, sender = context.Pipe(duplex=False)
-            process = context.Process(
-                target=run_child, args=(settings, str(index), sender, os.getpid()),
-                name=f"ingest-{index}",
-            )
-            process.start()
-            sender.close()  # the child holds the only writer: EOF when it exits
-            loop.add_reader(receiver.fileno(), self._receive, process, receiver)
-            self._children.append((process, receiver))
+            self._children.append(self._spawn(index))
         log.info("ingest runs in %d child processes: %s", len(self._children),
                  [p.pid for p, _ in self._children])
 
+    def _spawn(self, index: int) -> tuple[BaseProcess, Connection]:
+        # spawn, not fork: a fork would copy a running event loop and live Kafka clients
+        context = multiprocessing.get_context("spawn")
+        settings = self.settings.model_copy(
+            update={"worker_id": f"{self.settings.worker_id}.ingest{index}"}
+        )
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(
+            target=run_child, args=(settings, str(index), sender, os.getpid()),
+            name=f"ingest-{index}",
+        )
+        process.start()
+        sender.close()  # the child holds the only writer: EOF when it exits
+        asyncio.get_running_loop().add_reader(
+            receiver.fileno(), self._receive, index, process, receiver
+        )
+        return process, receiver
+
     async def run(self) -> None:
-        """Until stopped; raises if a child exits on its own."""
+        """Until stopped; raises if a child ends on an error that restarting cannot mend."""
         assert self._ended is not None, "start() first"
         await self._ended
 
-    def _receive(self, process: BaseProcess, receiver: Connection) -> None:
+    def _receive(self, index: int, process: BaseProcess, receiver: Connection) -> None:
         try:
             while receiver.poll():
                 self.report(receiver.recv())
         except (EOFError, OSError):
-            asyncio.get_running_loop().remove_reader(receiver.fileno())
-            if not self._stopping and self._ended is not None and not self._ended.done():
-                process.join(5)
-                self._ended.set_exception(RuntimeError(
-                    f"ingest process {process.name} (pid {process.pid}) exited "
-                    f"with {process.exitcode}"
-                ))
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(receiver.fileno())
+            receiver.close()
+            if self._stopping or self._ended is None or self._ended.done():
+                return
+            process.join(5)
+            what = f"ingest process {process.name} (pid {process.pid}) exited with {process.exitcode}"
+            if process.exitcode == FATAL_EXIT_CODE:
+                self._ended.set_exception(RuntimeError(what))
+                return
+            # killed (OOM), or a failure the stage could not ride out: a new child
+            # restores the partitions' state from the changelog, as after a crash
+            self.restarts += 1
+            log.warning("%s; starting it again (restart %d)", what, self.restarts)
+            loop.call_later(RETRY_FIRST_SECONDS, self._replace, index)
+
+    def _replace(self, index: int) -> None:
+        if not self._stopping:
+            self._children[index] = self._spawn(index)
 
     async def stop(self) -> None:
         """SIGTERM each child (it commits its batch in flight), wait, SIGKILL stragglers."""
@@ -105,7 +130,7 @@ class IngestProcesses:
                 await loop.run_in_executor(None, process.join)
             with contextlib.suppress(ValueError, OSError):
                 loop.remove_reader(receiver.fileno())
-            receiver.close()
+                receiver.close()
         if self._ended is not None and not self._ended.done():
             self._ended.set_result(None)
 
@@ -115,10 +140,7 @@ def run_child(settings: Settings, source: str, sender: Connection, parent: int) 
     """Entry point of one ingest child process."""
     _die_with(parent)
     collector.tune_for_large_state()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
-    )
+    setup_logging(settings, "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
     code = asyncio.run(_serve(settings, source, sender))
     sender.close()
     sys.exit(code)
@@ -138,15 +160,21 @@ async def _serve(settings: Settings, source: str, sender: Connection) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await stage.start()
-    runner = asyncio.create_task(stage.run())
+    async def serve() -> None:
+        await stage.start()
+        await stage.run()
+
+    runner = asyncio.create_task(serve())
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
     await stage.stop()
     stopper.cancel()
     try:
         await runner
-    except Exception:
+    except Exception as exc:
+        if is_fatal(exc):
+            log.error("ingest process %s cannot go on: %s", source, exc)
+            return FATAL_EXIT_CODE
         log.exception("ingest process %s failed", source)
         return 1
     log.info("ingest process %s committed and stopped", source)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streams.events import EVENT_TYPES, REJECTION_REASONS
+from streams.outage import OutageReport
+
+STAGES = ("ingest", "risk")  # the batch stages, which report their outages
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,24 @@ class PipelineMetrics:
             "risk: sender activity).",
             ["stage"], registry=registry,
         )
+        self.kafka_outages = Counter(
+            "messaging_kafka_outages",
+            "Outages by stage: times a stage lost Kafka (then held its watermark and "
+            "retried from its last commit).",
+            ["stage"], registry=registry,
+        )
+        outage_seconds = Gauge(
+            "messaging_kafka_outage_seconds",
+            "How long a stage has been without Kafka (0: it has Kafka); the longest of "
+            "its processes.",
+            ["stage"], registry=registry,
+        )
+        self._outages: dict[tuple[str, str], float] = {}  # (stage, source) -> since
+        for stage in STAGES:
+            self.kafka_outages.labels(stage)
+            outage_seconds.labels(stage).set_function(
+                lambda stage=stage: self.outage_seconds(stage)
+            )
         self._lag: dict[str, int] = {}
         self._owned: dict[str, int] = {}
         # zero series exist from the start, so rate() works from the first scrape
@@ -68,6 +90,25 @@ class PipelineMetrics:
             self.events_processed.labels(event_type)
         for reason in REJECTION_REASONS:
             self.invalid_events.labels(reason)
+
+    def record(self, report: BatchReport | OutageReport) -> None:
+        """What a stage reports: a committed batch, or an outage beginning or ending."""
+        if isinstance(report, OutageReport):
+            self.record_outage(report)
+        else:
+            self.record_batch(report)
+
+    def record_outage(self, report: OutageReport) -> None:
+        key = (report.stage, report.source)
+        if report.since is None:
+            self._outages.pop(key, None)
+        elif key not in self._outages:
+            self._outages[key] = report.since
+            self.kafka_outages.labels(report.stage).inc()
+
+    def outage_seconds(self, stage: str, now: float | None = None) -> float:
+        since = [t for (s, _), t in self._outages.items() if s == stage]
+        return max(0.0, (now or time.time()) - min(since)) if since else 0.0
 
     def record_batch(self, report: BatchReport) -> None:
         """Counted only after the batch's transaction committed: never double-counted."""

@@ -10,12 +10,14 @@ snapshot of the partition's state to a compacted changelog.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from aiokafka.structs import TopicPartition
 
 from streams.kafka_io import BatchWriter
+from streams.outage import OutageReport
 from streams.risk import RiskRules, RiskState
 from streams.settings import Settings
 from streams.stage import TransactionalStage
@@ -28,9 +30,12 @@ SNAPSHOT_KEY = b"snapshot"
 class RiskStage(TransactionalStage[RiskState]):
     name = "risk"
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, on_outage: Callable[[OutageReport], object] | None = None
+    ) -> None:
         super().__init__(
-            settings, settings.activity_topic, settings.risk_state_topic, max_batch=500
+            settings, settings.activity_topic, settings.risk_state_topic, max_batch=500,
+            on_outage=on_outage,
         )
         self.rules = RiskRules.from_settings(settings)
         self.flags_published = 0

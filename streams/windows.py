@@ -44,6 +44,48 @@ class PartitionClock:
         self.idle = False
 
 
+@dataclass(slots=True)
+class Idleness:
+    """Whether one input partition may stop holding the watermark back.
+
+    Idleness is a property of the input, not of our reads: a partition is idle once the
+    broker has confirmed, continuously for ``timeout`` wall seconds, that nothing is
+    left to read (the position at a *fresh* end offset). Any input, any confirmation
+    that finds records waiting and any failed confirmation (broker down, stalled,
+    unreachable, leader moving) starts the wait over, so a broker's silence is never
+    taken for the input's: while its data cannot be read, a partition holds the
+    watermark where it is. Pure: the stage asks the broker and reports here.
+    """
+
+    timeout: float
+    caught_up_since: float | None = None  # wall (monotonic) time of the first confirmation
+    checked_at: float = -math.inf
+
+    def input(self) -> None:
+        self.caught_up_since = None
+
+    def confirmed(self, now: float, caught_up: bool) -> None:
+        self.checked_at = now
+        if not caught_up:
+            self.caught_up_since = None
+        elif self.caught_up_since is None:
+            self.caught_up_since = now
+
+    def unconfirmed(self, now: float) -> None:
+        """The broker could not say (an error or no answer in time)."""
+        self.checked_at = now
+        self.caught_up_since = None
+
+    def idle(self, now: float) -> bool:
+        since = self.caught_up_since
+        return since is not None and now - since >= self.timeout
+
+    def check_due(self, now: float, idle: bool) -> bool:
+        """A quiet partition is confirmed on every batch until idle; an idle one again
+        every ``timeout`` seconds, so that an outage also ends an idle claim."""
+        return not idle or now - self.checked_at >= self.timeout
+
+
 @dataclass(frozen=True, slots=True)
 class SourceMark:
     """What one input partition last reported: its watermark, newest ts and idleness."""

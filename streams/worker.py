@@ -13,6 +13,7 @@ import faust
 from streams import collector
 from streams.app import Worker
 from streams.kafka_io import ensure_topics
+from streams.outage import Outage, keep_trying
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,11 @@ log = logging.getLogger(__name__)
 
 def run_worker(settings: Settings) -> int:
     collector.tune_for_large_state()
-    asyncio.run(ensure_topics(settings))
+    # an orchestrator may start the worker before the broker: wait for it, saying so once
+    asyncio.run(keep_trying(
+        Outage("worker", response="it starts once Kafka answers"), "creating its topics",
+        lambda: ensure_topics(settings),
+    ))
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop
     worker = Worker(settings)
     GracefulWorker(

@@ -49,14 +49,22 @@ class WorkerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 60.0) -> WorkerProcess:
+    def start(self, timeout: float = 60.0, wait: bool = True) -> WorkerProcess:
+        """Start the worker; by default wait until it answers on /healthz."""
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "streams", "worker"], env=self.env, cwd=ROOT,
                 stdout=log, stderr=subprocess.STDOUT,
             )
-        wait_until(lambda: self._answers(), timeout, f"worker /healthz ({self.log_path})")
+        if wait:
+            self.wait_started(timeout)
         return self
+
+    def wait_started(self, timeout: float = 60.0) -> None:
+        wait_until(lambda: self._answers(), timeout, f"worker /healthz ({self.log_path})")
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def _answers(self) -> bool:
         assert self.process is not None

@@ -6,6 +6,7 @@ import pickle
 
 from prometheus_client import CollectorRegistry
 
+from streams.outage import OutageReport
 from streams.pipeline_metrics import BatchReport, PipelineMetrics
 
 
@@ -36,3 +37,19 @@ def test_counters_add_and_gauges_sum_the_latest_report_of_each_ingest() -> None:
 def test_a_report_crosses_a_process_boundary_intact() -> None:
     report = BatchReport("3", 7, 0.5, 1, 4, {"message_sent": 7}, {}, 0)
     assert pickle.loads(pickle.dumps(report)) == report
+
+
+def test_an_outage_counts_once_and_its_gauge_is_the_longest_of_the_stages_processes() -> None:
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    metrics.record(OutageReport("ingest", "0", since=1000.0))
+    metrics.record(OutageReport("ingest", "1", since=1004.0))
+    metrics.record(OutageReport("ingest", "0", since=1000.0))  # told again: the same outage
+    assert metrics.outage_seconds("ingest", now=1010.0) == 10.0
+    assert metrics.outage_seconds("risk", now=1010.0) == 0.0
+    assert value(registry, "messaging_kafka_outages_total", stage="ingest") == 2
+    assert value(registry, "messaging_kafka_outages_total", stage="risk") == 0
+    metrics.record(OutageReport("ingest", "0", since=None))
+    assert metrics.outage_seconds("ingest", now=1010.0) == 6.0
+    metrics.record(OutageReport("ingest", "1", since=None))
+    assert value(registry, "messaging_kafka_outage_seconds", stage="ingest") == 0.0

@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from streams.windows import GlobalWatermark, PartitionClock, SourceMark, window_end, window_start
+from streams.windows import (
+    GlobalWatermark,
+    Idleness,
+    PartitionClock,
+    SourceMark,
+    window_end,
+    window_start,
+)
 
 T0 = 1_790_000_040.0  # 2026-09-21T13:34:00Z, a window boundary for 60 s windows
 
@@ -57,3 +64,42 @@ def test_idle_partitions_do_not_hold_back_and_all_idle_closes_the_last_window() 
     assert gw.value == T0 + 100
     # traffic stops: the window holding the newest event (T0+130) closes too
     assert gw.update(0, mark(T0 + 100, T0 + 130, idle=True), source_count=2) == T0 + 180
+
+
+# --- idleness: established against the broker, never inferred from silence -------------
+def test_a_partition_is_idle_only_after_being_confirmed_caught_up_for_the_timeout() -> None:
+    idle = Idleness(timeout=3.0)
+    assert not idle.idle(100.0)  # silence alone proves nothing
+    idle.confirmed(100.0, caught_up=True)
+    assert not idle.idle(102.9)
+    idle.confirmed(102.0, caught_up=True)  # a later confirmation keeps the first's time
+    assert idle.idle(103.0)
+
+
+@pytest.mark.parametrize("interruption", ["input", "records waiting", "no answer"])
+def test_input_waiting_records_or_an_unanswered_check_start_the_wait_over(
+    interruption: str
+) -> None:
+    idle = Idleness(timeout=3.0)
+    idle.confirmed(100.0, caught_up=True)
+    if interruption == "input":
+        idle.input()
+    elif interruption == "records waiting":
+        idle.confirmed(102.0, caught_up=False)
+    else:
+        idle.unconfirmed(102.0)  # the broker down or stalled: it could not say
+    assert not idle.idle(110.0)
+    idle.confirmed(110.0, caught_up=True)
+    assert not idle.idle(112.9)
+    assert idle.idle(113.0)
+
+
+def test_an_idle_partition_is_confirmed_again_every_timeout() -> None:
+    idle = Idleness(timeout=3.0)
+    assert idle.check_due(100.0, idle=False)
+    idle.confirmed(100.0, caught_up=True)
+    assert idle.check_due(100.1, idle=False)  # quiet, not idle yet: every batch
+    assert not idle.check_due(102.9, idle=True)
+    assert idle.check_due(103.0, idle=True)
+    idle.unconfirmed(103.0)  # an outage ends the idle claim
+    assert not idle.idle(200.0)

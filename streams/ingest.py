@@ -23,17 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import TopicPartition
 
 from streams.batch_records import activity_records, mark_record, partial_records
 from streams.conversations import BatchWindows, Conversation, PartitionCore, new_core
 from streams.events import Rejection, parse
-from streams.kafka_io import BatchWriter
+from streams.kafka_io import BatchWriter, fetched_end
 from streams.outage import OutageReport
 from streams.pipeline_metrics import BatchReport
 from streams.settings import Settings
-from streams.stage import TransactionalStage
+from streams.stage import STALLED_AFTER_SECONDS, TransactionalStage
 from streams.windows import (
     Idleness,
     PartitionClock,
@@ -44,7 +43,7 @@ from streams.windows import (
 
 log = logging.getLogger(__name__)
 
-CONFIRM_TIMEOUT_SECONDS = 5.0  # for the broker to say where a partition ends
+FETCH_FRESH_SECONDS = 2.0  # a caught-up partition is long-polled every 0.5 s
 CLOCK_KEY = b"\x00clock"  # the partition clock's record in the state changelog
 IDS_PREFIX = b"\x00ids:"  # one record per batch: the event ids it accepted, with their ts
 
@@ -54,6 +53,7 @@ class IngestPartition:
     core: PartitionCore
     idleness: Idleness
     id_records: dict[bytes, float] = field(default_factory=dict)  # key -> newest ts in it
+    since: float = field(default_factory=time.monotonic)  # this worker's since (restored)
     sent_mark: tuple[Any, ...] | None = None  # last (window of wm, window of max_ts, idle)
 
 
@@ -79,6 +79,7 @@ class IngestStage(TransactionalStage[IngestPartition]):
         self.report_source = report_source
         self._tally = _Tally()
         self._next_offsets: dict[int, int] = {}
+        self._with_input: set[int] = set()  # partitions with input in this batch
         self._mark_targets = (
             (settings.partials_topic, settings.partials_partitions),
             (settings.activity_topic, settings.activity_partitions),
@@ -144,6 +145,7 @@ class IngestStage(TransactionalStage[IngestPartition]):
                 ],
             )
         state.idleness.input()
+        self._with_input.add(tp.partition)
         last_offset = messages[-1].offset
         self._next_offsets[tp.partition] = last_offset + 1
         await self._send_partials(tp.partition, last_offset, batch, writer)
@@ -200,53 +202,12 @@ class IngestStage(TransactionalStage[IngestPartition]):
             await writer.add(settings.activity_topic, partition, None, orjson.dumps(record))
 
     # --- every transaction ----------------------------------------------------------------
-    async def before_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        """Ask the broker whether the quiet partitions have anything left to read."""
-        now = time.monotonic()
-        quiet = {
-            source: state for source, state in self.partitions.items()
-            if not batch.get(TopicPartition(self.input_topic, source))
-            and state.idleness.check_due(now, state.core.clock.idle)
-        }
-        if quiet:
-            await self._confirm_caught_up(quiet)
-
-    async def _confirm_caught_up(self, quiet: dict[int, IngestPartition]) -> None:
-        """Each partition's position against a fresh end offset (read_committed: the last
-        stable offset). A stale high watermark only proves records are waiting; it
-        never proves there are none, because the broker may have been unreachable
-        since. An error or no answer within the bound confirms nothing."""
-        consumer = self.consumer
-        tps = {source: TopicPartition(self.input_topic, source) for source in quiet}
-        try:
-            async with asyncio.timeout(CONFIRM_TIMEOUT_SECONDS):
-                positions = {s: await consumer.position(tp) for s, tp in tps.items()}
-                behind = {
-                    s for s, tp in tps.items()
-                    if (consumer.highwater(tp) or 0) > positions[s]
-                }
-                asked = [tp for s, tp in tps.items() if s not in behind]
-                ends = await consumer.end_offsets(asked) if asked else {}
-        except (KafkaError, TimeoutError, IllegalStateError) as exc:
-            now = time.monotonic()
-            for state in quiet.values():
-                state.idleness.unconfirmed(now)
-            self.health.failed("confirming its partitions are caught up", exc)
-            return
-        now = time.monotonic()
-        for source, state in quiet.items():
-            tp = tps[source]
-            caught_up = source not in behind and positions[source] >= ends[tp]
-            state.idleness.confirmed(now, caught_up)
-        self.health.succeeded()
-
     async def after_batch(self, writer: BatchWriter) -> None:
         """Tell every downstream partition how far each of our input partitions has got."""
-        now = time.monotonic()
+        self._judge_idleness()
         size = self.settings.window_seconds
         for source, partition in self.partitions.items():
             clock = partition.core.clock
-            clock.idle = partition.idleness.idle(now)
             mark_id = (
                 _window_index(clock.watermark, size), _window_index(clock.max_ts, size), clock.idle
             )
@@ -254,6 +215,50 @@ class IngestStage(TransactionalStage[IngestPartition]):
                 continue
             partition.sent_mark = mark_id
             await self._send_mark(writer, source, clock)
+
+    def _judge_idleness(self) -> None:
+        """Each partition without input in this batch, against what its last fetch
+        response said: caught up with the broker's end then, or not, or no fresh answer
+        (``FETCH_FRESH_SECONDS``), which confirms nothing. A stale highwater or a failed
+        fetch never counts as caught up: while the broker is down, stalled or
+        unreachable, the partition holds the watermark where it is."""
+        now, wall = time.monotonic(), time.time()
+        answered = bool(self._with_input)
+        silent = 0.0  # the longest a partition with nothing buffered waits for an answer
+        for source, state in self.partitions.items():
+            if source in self._with_input:
+                continue
+            fetched = fetched_end(self.consumer, TopicPartition(self.input_topic, source))
+            age = now - state.since if fetched is None else wall - fetched.at
+            if fetched is not None and age <= FETCH_FRESH_SECONDS:
+                state.idleness.confirmed(now - age, fetched.position >= fetched.end)
+                answered = True
+            else:
+                state.idleness.unconfirmed(now)
+                silent = max(silent, min(age, now - state.since))
+            state.core.clock.idle = state.idleness.idle(now)
+        self._with_input.clear()
+        if silent >= STALLED_AFTER_SECONDS and not answered:
+            self.health.failed(
+                "reading its partitions",
+                TimeoutError(f"no fetch answer for {silent:.0f} s"), began=now - silent,
+            )
+        elif answered:
+            self.health.succeeded("reading its partitions")
+
+    async def on_assign(self, writer: BatchWriter, partitions: list[int]) -> None:
+        """Hold the watermark at fresh partitions until their state is restored and they
+        report: a previous owner's last mark may say "idle", and it would stand while
+        this worker restores (after a crash, a restart in process, a rebalance), letting
+        the watermark run past records that wait for us. A hold (no event time yet, not
+        idle) cannot move the watermark back: it only keeps it where it is."""
+        for source in partitions:
+            await self._send_mark(writer, source, PartitionClock(self.settings.allowed_lateness_seconds))
+
+    def aborted(self) -> None:
+        self._tally = _Tally()  # the failed batch is counted when it is done again
+        self._next_offsets.clear()
+        self._with_input.clear()
 
     async def on_release(self, writer: BatchWriter, partitions: list[int]) -> None:
         """Withdraw our idle claims. An idle mark says "caught up, nothing coming"; once

@@ -34,7 +34,7 @@ from multiprocessing.process import BaseProcess
 from streams import collector
 from streams.ingest import IngestStage
 from streams.logs import setup_logging
-from streams.outage import RETRY_FIRST_SECONDS, OutageReport, is_fatal
+from streams.outage import RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, OutageReport, is_fatal
 from streams.pipeline_metrics import BatchReport
 from streams.settings import Settings
 
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 FATAL_EXIT_CODE = 2  # a child that exits so is not restarted: retrying cannot mend it
+STEADY_CHILD_SECONDS = 60.0  # a child that lived this long died of something new
 
 
 class IngestProcesses:
@@ -58,6 +59,9 @@ class IngestProcesses:
         self._stopping = False
         self._ended: asyncio.Future[None] | None = None
         self.restarts = 0
+        self._born: dict[int, float] = {}
+        self._quick_deaths: dict[int, int] = dict.fromkeys(range(settings.ingest_processes), 0)
+        self._tasks: set[asyncio.Future[None]] = set()
 
     async def start(self) -> None:
         self._ended = asyncio.get_running_loop().create_future()
@@ -78,6 +82,7 @@ class IngestProcesses:
             name=f"ingest-{index}",
         )
         process.start()
+        self._born[index] = asyncio.get_running_loop().time()
         sender.close()  # the child holds the only writer: EOF when it exits
         asyncio.get_running_loop().add_reader(
             receiver.fileno(), self._receive, index, process, receiver
@@ -94,29 +99,44 @@ class IngestProcesses:
             while receiver.poll():
                 self.report(receiver.recv())
         except (EOFError, OSError):
-            loop = asyncio.get_running_loop()
-            loop.remove_reader(receiver.fileno())
+            asyncio.get_running_loop().remove_reader(receiver.fileno())
             receiver.close()
-            if self._stopping or self._ended is None or self._ended.done():
-                return
-            process.join(5)
-            what = f"ingest process {process.name} (pid {process.pid}) exited with {process.exitcode}"
-            if process.exitcode == FATAL_EXIT_CODE:
-                self._ended.set_exception(RuntimeError(what))
-                return
-            # killed (OOM), or a failure the stage could not ride out: a new child
-            # restores the partitions' state from the changelog, as after a crash
-            self.restarts += 1
-            log.warning("%s; starting it again (restart %d)", what, self.restarts)
-            loop.call_later(RETRY_FIRST_SECONDS, self._replace, index)
+            if not self._stopping and self._ended is not None and not self._ended.done():
+                self._watch(asyncio.ensure_future(self._child_ended(index, process)))
 
-    def _replace(self, index: int) -> None:
+    def _watch(self, task: asyncio.Future[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _child_ended(self, index: int, process: BaseProcess) -> None:
+        """A child exited unasked: a fatal error ends the worker; anything else (killed
+        for memory, a failure its stage could not ride out) gets a new child, which
+        restores the partitions' state from the changelog, as after a crash. A child
+        that keeps dying is started again more and more slowly."""
+        assert self._ended is not None
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, process.join, 5)
+        # whatever the child was saying about Kafka ends with it
+        self.report(OutageReport("ingest", str(index), None))
+        what = f"ingest process {process.name} (pid {process.pid}) exited with {process.exitcode}"
+        if process.exitcode == FATAL_EXIT_CODE:
+            if not self._ended.done():
+                self._ended.set_exception(RuntimeError(what))
+            return
+        lived = loop.time() - self._born[index]
+        self._quick_deaths[index] = 0 if lived > STEADY_CHILD_SECONDS else self._quick_deaths[index] + 1
+        delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** self._quick_deaths[index])
+        self.restarts += 1
+        log.warning("%s; starting it again in %.1f s (restart %d)", what, delay, self.restarts)
+        await asyncio.sleep(delay)
         if not self._stopping:
             self._children[index] = self._spawn(index)
 
     async def stop(self) -> None:
         """SIGTERM each child (it commits its batch in flight), wait, SIGKILL stragglers."""
         self._stopping = True
+        for task in self._tasks:
+            task.cancel()
         loop = asyncio.get_running_loop()
         for process, _ in self._children:
             if process.is_alive() and process.pid is not None:

@@ -16,12 +16,14 @@ import logging
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.consumer.fetcher import PartitionRecords
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.structs import TopicPartition
 
 from streams.settings import Settings
 
@@ -96,6 +98,32 @@ def _install_raw_records() -> None:
 _install_raw_records()
 
 
+@dataclass(frozen=True, slots=True)
+class FetchedEnd:
+    """What the broker last said of a partition in a fetch response: where its committed
+    data ends (the last stable offset) and when it said so (wall seconds)."""
+
+    position: int  # the consumer's: the next offset it hands out
+    end: int
+    at: float
+
+
+def fetched_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> FetchedEnd | None:
+    """The partition's position against the end its last fetch response gave, without a
+    request and without waiting; None while the consumer has no position or no answer
+    yet. aiokafka updates both on every error-free fetch response, empty ones included
+    (a caught-up partition is long-polled about every ``fetch_max_wait_ms``)."""
+    subscription = consumer._subscription.subscription
+    assignment = subscription.assignment if subscription is not None else None
+    state = assignment.state_value(tp) if assignment is not None else None
+    if state is None or not state.has_valid_position:
+        return None
+    end, at = consumer.last_stable_offset(tp), consumer.last_poll_timestamp(tp)
+    if end is None or end < 0 or at is None:
+        return None
+    return FetchedEnd(state.position, end, at / 1000)
+
+
 class KeyPartitions:
     """:func:`partition_for` of one partition count, remembered per key: keys repeat
     (a sender, a conversation), and murmur2 in Python costs ~1 µs a key. Bounded: the
@@ -118,49 +146,63 @@ class KeyPartitions:
 
 async def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> int:
     """Create missing topics; return the events topic's partition count."""
+    replicas = settings.topic_replication_factor
+    common = (
+        {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
+        if settings.topic_min_insync_replicas else {}
+    )
+
+    def topic(name: str, partitions: int, **configs: str) -> NewTopic:
+        return NewTopic(name, partitions, replicas, topic_configs={**common, **configs})
+
+    compacted = {"cleanup.policy": "compact", "segment.ms": "600000"}
     admin = AIOKafkaAdminClient(**settings.kafka_client_options())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
         wanted = [
-            NewTopic(settings.events_topic, settings.events_partitions, 1),
-            NewTopic(settings.dlq_topic, 1, 1),
-            NewTopic(settings.partials_topic, settings.partials_partitions, 1),
-            NewTopic(settings.metrics_topic, 1, 1),
-            NewTopic(settings.activity_topic, settings.activity_partitions, 1),
-            NewTopic(settings.flagged_topic, 1, 1),
-            NewTopic(
-                settings.risk_state_topic, settings.activity_partitions, 1,
-                topic_configs={
-                    "cleanup.policy": "compact", "segment.ms": "600000",
-                    "max.message.bytes": str(32 * 1024 * 1024),
-                },
+            topic(settings.events_topic, settings.events_partitions),
+            topic(settings.dlq_topic, 1),
+            topic(settings.partials_topic, settings.partials_partitions),
+            topic(settings.metrics_topic, 1),
+            topic(settings.activity_topic, settings.activity_partitions),
+            topic(settings.flagged_topic, 1),
+            topic(
+                settings.risk_state_topic, settings.activity_partitions, **compacted,
+                **{"max.message.bytes": str(32 * 1024 * 1024)},
             ),
         ]
-        wanted += [NewTopic(name, n, 1) for name, n in (extra or {}).items()]
+        wanted += [topic(name, n) for name, n in (extra or {}).items()]
         missing = [t for t in wanted if t.name not in existing]
         await _create(admin, missing)
         described = await admin.describe_topics([settings.events_topic])
         events_partitions = len(described[0]["partitions"])
         if settings.ingest_state_topic not in existing:
             # the ingest's state is partitioned exactly like its input
-            state = NewTopic(
-                settings.ingest_state_topic, events_partitions, 1,
-                topic_configs={"cleanup.policy": "compact", "segment.ms": "600000"},
-            )
-            await _create(admin, [state])
+            await _create(admin, [topic(settings.ingest_state_topic, events_partitions,
+                                        **compacted)])
         return events_partitions
     finally:
         await admin.close()
 
 
 async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
-    for topic in topics:
+    """Create each topic; one that exists already is fine, any other refusal is raised
+    (the broker answers per topic: an error code is not an exception by itself)."""
+    for new in topics:
         try:
-            await admin.create_topics([topic])
-            log.info("created topic %s (%d partitions)", topic.name, topic.num_partitions)
+            response = await admin.create_topics([new])
         except TopicAlreadyExistsError:
-            pass
+            continue
+        for name, code, *rest in response.topic_errors:
+            if code == TopicAlreadyExistsError.errno:
+                continue
+            if code:
+                error = for_code(code)
+                message = rest[0] if rest and rest[0] else error.description
+                raise error(f"cannot create topic {name}: {message}")
+            log.info("created topic %s (%d partitions, replication factor %d)", name,
+                     new.num_partitions, new.replication_factor)
 
 
 class BatchWriter:

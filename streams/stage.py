@@ -15,21 +15,32 @@ import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import ProducerFenced
 from aiokafka.structs import TopicPartition
 
 from streams.kafka_io import BatchWriter, raw_records
-from streams.outage import RETRY_FIRST_SECONDS, Outage, OutageReport, is_fatal, keep_trying
+from streams.outage import (
+    RETRIABLE_ERRORS,
+    RETRY_FIRST_SECONDS,
+    RETRY_MAX_SECONDS,
+    Outage,
+    OutageReport,
+    is_fatal,
+    keep_trying,
+    pause,
+)
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 STALLED_AFTER_SECONDS = 5.0  # a batch in flight this long: the broker is not answering
 CLOSE_TIMEOUT_SECONDS = 5.0
+MAX_UNEXPECTED_IN_A_ROW = 5  # failures not Kafka's (bugs) before the stage gives up
+MAX_YOUNG_FENCINGS, FENCING_WINDOW_SECONDS = 3, 300.0  # a twin with our transactional id
 
 State = TypeVar("State")
 
@@ -63,6 +74,41 @@ async def read_partitions(
     finally:
         await reader.stop()
     return records
+
+
+async def _close(stage: str, clients: list[AIOKafkaConsumer | AIOKafkaProducer]) -> None:
+    """Close clients within a bound: a stalled broker must not hold a restart (or a stop)
+    up. What a client still had in flight is abandoned: the broker aborts the open
+    transaction when the next incarnation fences it."""
+    for client in clients:
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                await client.stop()
+        except Exception as exc:  # noqa: BLE001 - a broken client: nothing to save
+            log.info("%s: a Kafka client did not close cleanly (%s); abandoning it", stage,
+                     type(exc).__name__)
+            await _abandon(client)
+
+
+async def _abandon(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stop a client's background tasks and close its connections without waiting for
+    the broker (its ``stop()`` timed out: it waits for answers that may never come)."""
+    tasks = []
+    if isinstance(client, AIOKafkaProducer):
+        tasks.append(client._sender.sender_task)
+        connections = client.client
+    else:
+        coordinator, fetcher = client._coordinator, client._fetcher
+        tasks.append(getattr(coordinator, "_coordination_task", None))
+        tasks.append(getattr(coordinator, "_heartbeat_task", None))
+        tasks.append(getattr(fetcher, "_fetch_task", None))
+        connections = client._client
+    for task in tasks:
+        if task is not None and not task.done():
+            task.cancel()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+            await connections.close()
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -99,6 +145,13 @@ class TransactionalStage(ABC, Generic[State]):
         self._stopping = asyncio.Event()
         self._started = False
         self._incarnation = 0  # of the consumer: see _Rebalance
+        self._in_flight: asyncio.Future[None] | None = None
+        # raised by the next batch: a rebalance callback failed (aiokafka only logs it)
+        self._failure: BaseException | None = None
+        self._failures_in_a_row = 0  # restarts since the last commit: the backoff
+        self._unexpected_in_a_row = 0  # of them, failures that are not Kafka's
+        self._fencings: list[float] = []  # when a young transaction was fenced
+        self._transaction_began = 0.0
         self.restarts = 0
         self.health = Outage(self.name, source, on_outage or (lambda report: None))
         self.consumer: AIOKafkaConsumer
@@ -117,24 +170,30 @@ class TransactionalStage(ABC, Generic[State]):
     ) -> None:
         """Turn one partition's messages into records (outputs and state changelog)."""
 
-    async def before_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        """Broker round trips a batch needs, made before its transaction opens."""
-
     async def after_batch(self, writer: BatchWriter) -> None:
         """Records to add to every transaction, with or without input (e.g. watermarks)."""
 
     def committed(self, events: int, seconds: float) -> None:
         """Called after each committed transaction: count what it did."""
 
+    def aborted(self) -> None:
+        """Called when a batch failed: forget what it counted (it is done again)."""
+
     async def on_release(self, writer: BatchWriter, partitions: list[int]) -> None:
         """Records to publish as this worker gives partitions up (revoke or stop)."""
+
+    async def on_assign(self, writer: BatchWriter, partitions: list[int]) -> None:
+        """Records to publish as partitions become this worker's, before their state is
+        restored (e.g. holding their watermark until they report again)."""
 
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect; while Kafka cannot be reached, keep trying (one log line, see
-        :class:`~streams.outage.Outage`). Only an error retrying cannot mend (bad
-        credentials, a missing permission) is raised."""
-        await keep_trying(self.health, "connecting", self._connect, self._close_clients)
+        :class:`~streams.outage.Outage`) until it answers or the stage is stopped. Only
+        an error retrying cannot mend (bad credentials, a missing permission) is raised."""
+        await keep_trying(
+            self.health, "connecting", self._connect, self._drop_clients, self._stopping
+        )
 
     async def _connect(self) -> None:
         # aiokafka clients bind to the running loop, so they are made here, not in __init__
@@ -178,29 +237,33 @@ class TransactionalStage(ABC, Generic[State]):
         log.info("%s started: %d input partitions, group %s", self.name,
                  self.input_partition_count, self.group_id)
 
-    async def _close_clients(self) -> None:
-        """Close whatever clients exist, within a bound: a stalled broker must not hold
-        a restart (or a stop) up. What a client still had in flight is abandoned: the
-        broker aborts the open transaction when the next incarnation fences it."""
-        for client in (getattr(self, "consumer", None), getattr(self, "producer", None)):
-            if client is None:
-                continue
-            try:
-                async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
-                    await client.stop()
-            except Exception:  # closing a broken client: nothing to save
-                log.debug("%s: closing a Kafka client failed", self.name, exc_info=True)
-                with contextlib.suppress(Exception):
-                    await client._client.close()
+    def _retire(self) -> list[AIOKafkaConsumer | AIOKafkaProducer]:
+        """Under the lock: this incarnation is over. Its state goes (it may be ahead of
+        Kafka), its rebalance callbacks no longer act, and its clients are handed back
+        to be closed outside the lock (closing a consumer waits for its coordinator,
+        whose callback may be waiting for the lock)."""
+        self._retire_state()
         self._started = False
-        self._incarnation += 1
+        self._failure = None
+        clients = [getattr(self, "consumer", None), getattr(self, "producer", None)]
+        return [client for client in clients if client is not None]
+
+    async def _drop_clients(self) -> None:
+        """After a failed connect: close what the attempt made."""
+        async with self._lock:
+            clients = self._retire()
+        await _close(self.name, clients)
 
     async def stop(self) -> None:
         self._stopping.set()
         async with self._lock:  # the batch in flight commits first
+            if self._in_flight is not None and self._in_flight.done():
+                with contextlib.suppress(BaseException):  # its end is run()'s to report
+                    self._in_flight.result()
             if self._started:
                 await self._release(sorted(self.partitions))
-            await self._close_clients()
+            clients = self._retire()
+        await _close(self.name, clients)
 
     async def run(self) -> None:
         """Batches until stopped. A failed batch (the broker down, stalled, fenced after
@@ -209,35 +272,87 @@ class TransactionalStage(ABC, Generic[State]):
         while not self._stopping.is_set():
             try:
                 await self._run_batches()
-            except Exception as exc:
-                if is_fatal(exc) or self._stopping.is_set():
-                    raise
-                if not isinstance(exc, KafkaError | TimeoutError):  # not the broker: loud
-                    log.exception("%s failed unexpectedly; it restarts from its last "
-                                  "commit", self.name)
-                self.health.failed("processing a batch", exc)
+            except Exception as exc:  # noqa: BLE001 - judged: a restart, or raised
+                if self._stopping.is_set():
+                    return  # stopping: the batch is done again by whoever comes next
+                self._judge(exc)
                 await self._restart()
+
+    def _judge(self, exc: Exception) -> None:
+        """Whether a failure is worth a restart; raises when it is not."""
+        if is_fatal(exc):
+            raise exc
+        now = time.monotonic()
+        self._failures_in_a_row += 1
+        if not isinstance(exc, RETRIABLE_ERRORS):  # not the broker: loud
+            self._unexpected_in_a_row += 1
+            log.exception("%s failed unexpectedly; it restarts from its last commit",
+                          self.name)
+            if self._unexpected_in_a_row >= MAX_UNEXPECTED_IN_A_ROW:
+                raise RuntimeError(
+                    f"{self.name} failed {self._unexpected_in_a_row} times in a row without "
+                    "committing a batch; restarting does not mend it"
+                ) from exc
+        young = now - self._transaction_began < self.settings.transaction_timeout_ms / 1000
+        if isinstance(exc, ProducerFenced) and young:
+            # Fenced before the broker could have timed the transaction out: another
+            # process holds this transactional id. Two of them would fence each other
+            # forever, each restart undoing the other's.
+            self._fencings = [t for t in self._fencings if now - t < FENCING_WINDOW_SECONDS]
+            self._fencings.append(now)
+            if len(self._fencings) >= MAX_YOUNG_FENCINGS:
+                raise RuntimeError(
+                    f"{self.name} was fenced {len(self._fencings)} times in "
+                    f"{FENCING_WINDOW_SECONDS:.0f} s: another process runs with WORKER_ID "
+                    f"{self.settings.worker_id!r} (it must be unique per running worker)"
+                ) from exc
+        self.health.failed("committing a batch", exc)
 
     async def _run_batches(self) -> None:
         while not self._stopping.is_set():
             batch = await self.consumer.getmany(
                 timeout_ms=self.settings.ingest_poll_timeout_ms, max_records=self.max_batch
             )
-            async with self._lock:
-                if self._stopping.is_set():
-                    break
+            # A task of its own, shielded: when the worker stops, Faust cancels the task
+            # running this loop, and a batch cut off mid-commit would leave the producer
+            # committing while stop() opens the release transaction. stop() waits for
+            # the lock, which the batch holds until it is committed.
+            self._in_flight = asyncio.ensure_future(self._transact_locked(batch))
+            await asyncio.shield(self._in_flight)
+
+    async def _transact_locked(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        async with self._lock:
+            if self._stopping.is_set():
+                return
+            if self._failure is not None:
+                raise self._failure
+            try:
                 await self._transact(batch)
+            except BaseException:
+                # What the batch did to the state is not in Kafka: nothing may use it,
+                # not even a rebalance callback queued for the lock. Start over.
+                self.aborted()
+                self._retire_state()
+                raise
+
+    def _retire_state(self) -> None:
+        """The state and the rebalance callbacks of this incarnation are over."""
+        self._incarnation += 1
+        self.partitions.clear()
 
     async def _restart(self) -> None:
         """Back to the last commit: in-memory state may be ahead of Kafka (the failed
         batch changed it), so it goes, and assignment restores it from the changelog;
-        the input resumes from the committed offsets."""
+        the input resumes from the committed offsets. No release: the partitions stay
+        ours. A failure that repeats waits longer each time."""
         self.restarts += 1
-        log.debug("%s restarts from its last commit (restart %d)", self.name, self.restarts)
-        async with self._lock:  # no release: the partitions stay ours
-            await self._close_clients()
-            self.partitions.clear()
-        await asyncio.sleep(RETRY_FIRST_SECONDS)  # the next try has its own backoff
+        async with self._lock:
+            clients = self._retire()
+        await _close(self.name, clients)
+        delay = min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2 ** (self._failures_in_a_row - 1))
+        log.debug("%s restarts from its last commit in %.1f s (restart %d)", self.name,
+                  delay, self.restarts)
+        await pause(delay, self._stopping)
         if not self._stopping.is_set():
             await self.start()
 
@@ -253,37 +368,56 @@ class TransactionalStage(ABC, Generic[State]):
                 self.partitions.pop(tp.partition, None)
 
     async def _release(self, partitions: list[int]) -> None:
-        """Publish what :meth:`on_release` says, in a transaction of its own. Best effort:
-        a worker that cannot reach the broker any more still stops (and one that dies
-        cannot say anything at all), so nothing may depend on it for correctness."""
+        """Publish what :meth:`on_release` says. Best effort: a worker that cannot reach
+        the broker any more still stops (and one that dies cannot say anything at all),
+        so nothing may depend on it for correctness. A failure short of stopping leaves
+        the producer in doubt, so the next batch starts the stage over."""
+        try:
+            await self._publish(self.on_release, partitions)
+            log.info("%s released partitions %s", self.name, partitions)
+        except Exception as exc:  # noqa: BLE001 - kept for the next batch to raise
+            log.warning("%s could not publish its release of partitions %s (%s)", self.name,
+                        partitions, exc)
+            if not self._stopping.is_set():
+                self._failure = exc
+
+    async def _publish(
+        self, what: Callable[[BatchWriter, list[int]], Awaitable[None]], partitions: list[int]
+    ) -> None:
+        """What a rebalance says, in a transaction of its own, within a bound."""
         if not partitions:
             return
         writer = BatchWriter(self.producer)
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
-                await self.producer.begin_transaction()
-                await self.on_release(writer, partitions)
-                await writer.flush()
-                await self.producer.commit_transaction()
-            log.info("%s released partitions %s", self.name, partitions)
-        except Exception:  # logged, not raised: see the docstring
-            log.warning("%s could not publish its release of partitions %s", self.name,
-                        partitions, exc_info=True)
+        async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+            await self.producer.begin_transaction()
+            await what(writer, partitions)
+            await writer.flush()
+            await self.producer.commit_transaction()
 
     async def on_partitions_assigned(
         self, assigned: list[TopicPartition], incarnation: int
     ) -> None:
+        """Hold the fresh partitions, then restore their state. aiokafka only logs what a
+        callback raises, so a failure is kept for the next batch to raise: a partition
+        assigned without its state would otherwise be skipped until the next rebalance."""
         async with self._lock:
             if incarnation != self._incarnation:
                 return
             fresh = [tp.partition for tp in assigned if tp.partition not in self.partitions]
             if not fresh:
                 return
-            states = {p: self.new_state(p) for p in fresh}
-            records = await read_partitions(
-                self._options, self.state_topic, fresh,
-                lambda p, m: self.restore_record(states[p], m.key, m.value),
-            )
+            try:
+                await self._publish(self.on_assign, sorted(fresh))
+                states = {p: self.new_state(p) for p in fresh}
+                records = await read_partitions(
+                    self._options, self.state_topic, fresh,
+                    lambda p, m: self.restore_record(states[p], m.key, m.value),
+                )
+            except Exception as exc:  # noqa: BLE001 - kept for the next batch to raise
+                log.warning("%s could not take partitions %s over (%s); it starts over",
+                            self.name, sorted(fresh), exc)
+                self._failure = exc
+                return
             self.partitions.update(states)
             log.info("%s restored partitions %s from %d changelog records", self.name,
                      sorted(fresh), records)
@@ -297,7 +431,7 @@ class TransactionalStage(ABC, Generic[State]):
         writer = BatchWriter(self.producer)
         offsets: dict[TopicPartition, int] = {}
         events = 0
-        began = time.monotonic()
+        self._transaction_began = began = time.monotonic()
         stalled = asyncio.get_running_loop().call_later(
             STALLED_AFTER_SECONDS, lambda: self.health.failed(
                 "committing a batch",
@@ -305,28 +439,22 @@ class TransactionalStage(ABC, Generic[State]):
             ),
         )
         try:
-            await self.before_batch(batch)
             await self.producer.begin_transaction()
-            try:
-                for tp, messages in batch.items():
-                    state = self.partitions.get(tp.partition)
-                    if state is None or not messages:
-                        continue  # revoked between fetch and now: the new owner redoes it
-                    events += len(messages)
-                    await self.process(tp, state, messages, writer)
-                    offsets[tp] = messages[-1].offset + 1
-                await self.after_batch(writer)
-                if offsets:
-                    await self.producer.send_offsets_to_transaction(offsets, self.group_id)
-                await writer.flush()
-                await self.producer.commit_transaction()
-            except BaseException:
-                # In-memory state is now ahead of Kafka; the caller starts over from
-                # the committed state rather than guess.
-                log.debug("%s transaction failed", self.name, exc_info=True)
-                raise
+            for tp, messages in batch.items():
+                state = self.partitions.get(tp.partition)
+                if state is None or not messages:
+                    continue  # revoked between fetch and now: the new owner redoes it
+                events += len(messages)
+                await self.process(tp, state, messages, writer)
+                offsets[tp] = messages[-1].offset + 1
+            await self.after_batch(writer)
+            if offsets:
+                await self.producer.send_offsets_to_transaction(offsets, self.group_id)
+            await writer.flush()
+            await self.producer.commit_transaction()
         finally:
             stalled.cancel()
         if offsets or writer.records:  # an empty transaction never reaches the broker
-            self.health.succeeded()
+            self._failures_in_a_row = self._unexpected_in_a_row = 0
+            self.health.succeeded("committing a batch")
         self.committed(events, time.perf_counter() - started)

@@ -54,36 +54,32 @@ class Idleness:
     that finds records waiting and any failed confirmation (broker down, stalled,
     unreachable, leader moving) starts the wait over, so a broker's silence is never
     taken for the input's: while its data cannot be read, a partition holds the
-    watermark where it is. Pure: the stage asks the broker and reports here.
+    watermark where it is. An idle partition stays idle only while fresh answers keep
+    confirming it, so an outage also ends an idle claim. Pure: the stage reads what the
+    broker said and reports here.
     """
 
     timeout: float
     caught_up_since: float | None = None  # wall (monotonic) time of the first confirmation
-    checked_at: float = -math.inf
 
     def input(self) -> None:
         self.caught_up_since = None
 
-    def confirmed(self, now: float, caught_up: bool) -> None:
-        self.checked_at = now
+    def confirmed(self, at: float, caught_up: bool) -> None:
+        """The broker said, at ``at``, that the partition was caught up or not."""
         if not caught_up:
             self.caught_up_since = None
         elif self.caught_up_since is None:
-            self.caught_up_since = now
+            self.caught_up_since = at
 
     def unconfirmed(self, now: float) -> None:
-        """The broker could not say (an error or no answer in time)."""
-        self.checked_at = now
+        """No fresh answer from the broker (down, stalled, unreachable, an error)."""
         self.caught_up_since = None
 
     def idle(self, now: float) -> bool:
         since = self.caught_up_since
         return since is not None and now - since >= self.timeout
 
-    def check_due(self, now: float, idle: bool) -> bool:
-        """A quiet partition is confirmed on every batch until idle; an idle one again
-        every ``timeout`` seconds, so that an outage also ends an idle claim."""
-        return not idle or now - self.checked_at >= self.timeout
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,11 @@ import pytest
 pytest.register_assert_rewrite("tests.harness", "tests.pipeline", "tests.reference")
 
 from deploy.local_kafka import LocalKafka
+from streams.logs import limit_client_repeats
 from streams.settings import Settings
+
+# the tests' own clients (producers, read-backs) ride through broker faults too
+limit_client_repeats()
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import logging
 import pytest
 from aiokafka.errors import (
     KafkaConnectionError,
+    KafkaError,
     SaslAuthenticationFailed,
     TopicAuthorizationFailedError,
 )
@@ -34,16 +35,29 @@ def test_an_outage_is_told_once_when_it_begins_and_once_when_it_ends(caplog) -> 
         outage.failed("committing a batch", KafkaConnectionError("Connection closed"))
         clock.now += 0.1
     assert outage.seconds() == pytest.approx(5.0)
-    outage.succeeded()
-    outage.succeeded()
+    outage.succeeded("committing a batch")
+    outage.succeeded("committing a batch")
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2
     assert lines[0].startswith("ingest lost Kafka while committing a batch "
                                "(KafkaConnectionError: Connection closed)")
-    assert lines[1] == "ingest has Kafka back after 5.0 s (lost while committing a batch)"
+    assert lines[1] == "ingest has Kafka back after 5.0 s"
     assert [r.since is None for r in reports] == [False, True]
     assert all(isinstance(r, OutageReport) and r.stage == "ingest" for r in reports)
     assert outage.count == 1 and outage.seconds() == 0.0
+
+
+def test_an_outage_ends_only_when_everything_that_failed_succeeds_again() -> None:
+    clock, reports = Clock(), []
+    outage = Outage("ingest", on_change=reports.append, clock=clock)
+    outage.failed("reading its partitions")
+    outage.failed("committing a batch")
+    outage.succeeded("reading its partitions")  # fetches answer, commits do not yet
+    assert outage.started is not None and len(reports) == 1
+    outage.succeeded("connecting")  # never failed: changes nothing
+    assert outage.started is not None
+    outage.succeeded("committing a batch")
+    assert outage.started is None and [r.since is None for r in reports] == [False, True]
 
 
 def test_a_stall_noticed_late_dates_from_when_the_attempt_began() -> None:
@@ -85,16 +99,42 @@ def test_keep_trying_retries_until_kafka_answers(monkeypatch) -> None:
     assert outage.started is None
 
 
-def test_keep_trying_gives_up_at_once_on_a_fatal_error() -> None:
+@pytest.mark.parametrize(
+    "error",
+    [
+        SaslAuthenticationFailed("bad password"),
+        # the sender wraps what the broker said: the cause decides
+        KafkaError("Unexpected error during batch delivery"),
+        ValueError("not a Kafka fault: a bug or a bad setting"),
+    ],
+)
+def test_keep_trying_gives_up_at_once_on_what_retrying_cannot_mend(error: Exception) -> None:
     attempts = []
+    if type(error) is KafkaError:
+        error.__cause__ = TopicAuthorizationFailedError()
 
     async def attempt() -> None:
         attempts.append(1)
-        raise SaslAuthenticationFailed("bad password")
+        raise error
 
-    with pytest.raises(SaslAuthenticationFailed):
+    with pytest.raises(type(error)):
         asyncio.run(keep_trying(Outage("ingest"), "connecting", attempt))
     assert attempts == [1]
+
+
+def test_keep_trying_stops_when_told(monkeypatch) -> None:
+    async def run() -> object:
+        stop = asyncio.Event()
+
+        async def attempt() -> None:
+            stop.set()  # a SIGTERM while Kafka is away
+            raise KafkaConnectionError("Unable to bootstrap")
+
+        return await asyncio.wait_for(
+            keep_trying(Outage("ingest"), "connecting", attempt, stop=stop), 2
+        )
+
+    assert asyncio.run(run()) is None
 
 
 def record(msg: str, *args: object) -> logging.LogRecord:

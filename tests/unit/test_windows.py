@@ -77,7 +77,7 @@ def test_a_partition_is_idle_only_after_being_confirmed_caught_up_for_the_timeou
 
 
 @pytest.mark.parametrize("interruption", ["input", "records waiting", "no answer"])
-def test_input_waiting_records_or_an_unanswered_check_start_the_wait_over(
+def test_input_waiting_records_or_no_fresh_answer_start_the_wait_over(
     interruption: str
 ) -> None:
     idle = Idleness(timeout=3.0)
@@ -94,12 +94,10 @@ def test_input_waiting_records_or_an_unanswered_check_start_the_wait_over(
     assert idle.idle(113.0)
 
 
-def test_an_idle_partition_is_confirmed_again_every_timeout() -> None:
+def test_an_idle_claim_ends_with_the_first_unconfirmed_check() -> None:
     idle = Idleness(timeout=3.0)
-    assert idle.check_due(100.0, idle=False)
     idle.confirmed(100.0, caught_up=True)
-    assert idle.check_due(100.1, idle=False)  # quiet, not idle yet: every batch
-    assert not idle.check_due(102.9, idle=True)
-    assert idle.check_due(103.0, idle=True)
-    idle.unconfirmed(103.0)  # an outage ends the idle claim
+    idle.confirmed(103.5, caught_up=True)
+    assert idle.idle(104.0)
+    idle.unconfirmed(104.5)  # the broker stopped answering
     assert not idle.idle(200.0)

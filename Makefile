@@ -2,7 +2,7 @@
 UV_VERSION := 0.13.8
 SYNCED := .venv/.synced
 
-.PHONY: install demo test test-unit lint worker produce kafka bench clean
+.PHONY: install demo test test-unit test-loop lint worker produce kafka bench clean
 
 $(SYNCED): pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --progress-bar on "uv==$(UV_VERSION)"
@@ -19,6 +19,10 @@ test: $(SYNCED)  ## the whole suite: unit, then integration on a real local brok
 
 test-unit: $(SYNCED)
 	.venv/bin/pytest tests/unit
+
+LOOPS ?= 5
+test-loop: $(SYNCED)  ## the integration and e2e tests LOOPS times, then a tally of failures
+	.venv/bin/python -m tests.loop --runs $(LOOPS)
 
 lint: $(SYNCED)
 	.venv/bin/ruff check streams producers deploy tests
@@ -39,4 +43,4 @@ bench:  ## the benchmark with its peers (Quix Streams, matplotlib: the 'bench' e
 	.venv/bin/python -m bench
 
 clean:
-	rm -rf .venv .pytest_cache .ruff_cache .hypothesis
+	rm -rf .venv .pytest_cache .ruff_cache .hypothesis .loop-logs

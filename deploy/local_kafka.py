@@ -1,8 +1,11 @@
-"""A throwaway single-node Apache Kafka broker (KRaft combined mode), no Docker.
+"""Throwaway Apache Kafka brokers (KRaft combined mode), no Docker: one node, or a
+cluster of three.
 
 The broker's jars come from Maven Central through ``deploy/kafka/pom.xml`` and are
 cached (``CACHE_DIR``), so only the first run downloads. Each broker gets free loopback
-ports and a temporary data directory, and is stopped by PID.
+ports and a temporary data directory, and is stopped by PID. A :class:`LocalKafkaCluster`
+runs three combined broker+controller nodes (a three-voter quorum), with replication
+factor 3 and ``min.insync.replicas=2`` for every topic by default, internal ones too.
 """
 
 from __future__ import annotations
@@ -77,13 +80,20 @@ def _java() -> str:
 
 @dataclass
 class LocalKafka:
-    """One broker+controller on loopback. Use as a context manager or start()/stop()."""
+    """One broker+controller on loopback. Use as a context manager or start()/stop().
+
+    Alone by default; a :class:`LocalKafkaCluster` makes it one of several voters.
+    """
 
     cache_dir: Path
     host: str = "127.0.0.1"
     port: int = 0
     controller_port: int = 0
     data_dir: Path | None = None
+    node_id: int = 1
+    voters: str = ""  # the quorum, "id@host:port,..."; empty: this node alone
+    cluster_id: str = field(default_factory=lambda: uuid.uuid4().bytes.hex()[:22])
+    replication: int = 1  # default replication factor, internal topics' included
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _own_data_dir: bool = field(default=False, init=False)
 
@@ -95,13 +105,20 @@ class LocalKafka:
     def pid(self) -> int | None:
         return self.process.pid if self.process else None
 
+    @property
+    def pids(self) -> list[int]:
+        return [self.pid] if self.pid is not None else []
+
     def _properties(self) -> str:
         assert self.data_dir is not None
+        voters = self.voters or f"{self.node_id}@{self.host}:{self.controller_port}"
+        replicas = self.replication
+        min_isr = max(1, replicas - 1)  # one replica may be lost without refusing writes
         return "\n".join(
             [
                 "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@{self.host}:{self.controller_port}",
+                f"node.id={self.node_id}",
+                f"controller.quorum.voters={voters}",
                 (
                     f"listeners=PLAINTEXT://{self.host}:{self.port},"
                     f"CONTROLLER://{self.host}:{self.controller_port}"
@@ -112,14 +129,16 @@ class LocalKafka:
                 "inter.broker.listener.name=PLAINTEXT",
                 f"log.dirs={self.data_dir / 'logs'}",
                 "num.partitions=1",
-                # one node: every internal topic has a single replica
-                "offsets.topic.replication.factor=1",
+                f"default.replication.factor={replicas}",
+                f"min.insync.replicas={min_isr}",
+                f"offsets.topic.replication.factor={replicas}",
                 "offsets.topic.num.partitions=4",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
+                f"transaction.state.log.replication.factor={replicas}",
+                f"transaction.state.log.min.isr={min_isr}",
                 "transaction.state.log.num.partitions=4",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
+                f"share.coordinator.state.topic.replication.factor={replicas}",
+                f"share.coordinator.state.topic.min.isr={min_isr}",
+                "unclean.leader.election.enable=false",
                 "group.initial.rebalance.delay.ms=0",
                 "auto.create.topics.enable=false",
                 "log.cleaner.backoff.ms=1000",
@@ -129,6 +148,16 @@ class LocalKafka:
     def start(self, timeout: float = 90.0) -> Self:
         if self.process is not None:
             return self
+        self.launch()
+        try:
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def launch(self) -> None:
+        """Format the storage if new, and start the process (not waiting for it)."""
         jars = resolve_jars(self.cache_dir)
         self.port = self.port or free_port()
         self.controller_port = self.controller_port or free_port()
@@ -140,9 +169,9 @@ class LocalKafka:
         classpath = f"{jars}/*"
         base = [_java(), JAVA_HEAP, "-cp", classpath, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}"]
         if not (self.data_dir / "logs" / "meta.properties").exists():
-            cluster_id = uuid.uuid4().bytes.hex()[:22]
             subprocess.run(
-                [*base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(config)],
+                [*base, "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
+                 "-c", str(config)],
                 check=True, stdout=subprocess.DEVNULL,
             )
         with open(self.data_dir / "broker.log", "ab") as log_file:
@@ -150,16 +179,10 @@ class LocalKafka:
                 [*base, "kafka.Kafka", str(config)],
                 stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        log.info("started Kafka %s (pid %d) on %s", kafka_version(), self.pid,
-                 self.bootstrap_servers)
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        log.info("started Kafka %s node %d (pid %d) on %s", kafka_version(), self.node_id,
+                 self.pid, self.bootstrap_servers)
 
-    def _wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float) -> None:
         """Wait until the broker answers a metadata request."""
         import asyncio
 
@@ -225,6 +248,68 @@ class LocalKafka:
     def resume(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class LocalKafkaCluster:
+    """Three (``size``) combined broker+controller nodes on loopback, one quorum.
+
+    Every topic defaults to replication factor ``size`` and ``min.insync.replicas`` one
+    less, internal topics (offsets, transactions) included: one node may die and the
+    cluster still takes writes, transactions included.
+    """
+
+    cache_dir: Path
+    size: int = 3
+    host: str = "127.0.0.1"
+    nodes: list[LocalKafka] = field(default_factory=list, init=False)
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return ",".join(node.bootstrap_servers for node in self.nodes)
+
+    @property
+    def pids(self) -> list[int]:
+        return [pid for node in self.nodes for pid in node.pids]
+
+    def start(self, timeout: float = 120.0) -> Self:
+        if self.nodes:
+            return self
+        controller_ports = [free_port() for _ in range(self.size)]
+        voters = ",".join(
+            f"{i + 1}@{self.host}:{port}" for i, port in enumerate(controller_ports)
+        )
+        cluster_id = uuid.uuid4().bytes.hex()[:22]
+        self.nodes = [
+            LocalKafka(
+                self.cache_dir, self.host, controller_port=port, node_id=i + 1, voters=voters,
+                cluster_id=cluster_id, replication=self.size,
+            )
+            for i, port in enumerate(controller_ports)
+        ]
+        try:
+            for node in self.nodes:  # all first: no node is ready before a quorum is up
+                node.launch()
+            for node in self.nodes:
+                node.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def node(self, node_id: int) -> LocalKafka:
+        return self.nodes[node_id - 1]
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for node in self.nodes:
+            node.stop(timeout)
+        self.nodes = []
 
     def __enter__(self) -> Self:
         return self.start()

@@ -74,7 +74,7 @@ class Worker:
             # Faust wants a data directory even for in-memory tables; not the cwd
             datadir=str(settings.cache_dir / "faust" / "{conf.name}-data"),
             topic_partitions=settings.partials_partitions,
-            topic_replication_factor=1,
+            topic_replication_factor=settings.topic_replication_factor,
             topic_allow_declare=True,
             consumer_auto_offset_reset="earliest",
             web_enabled=True,

@@ -68,15 +68,25 @@ def cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
     import signal
     import threading
 
-    from deploy.local_kafka import LocalKafka
+    from deploy.local_kafka import LocalKafka, LocalKafkaCluster
 
     setup_logging(settings)
+    if args.nodes > 1 and args.port:
+        log.error("--port is for a single broker; a cluster's nodes take free ports")
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    with LocalKafka(settings.cache_dir, port=args.port) as broker:
-        print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
-        print(f"broker pid {broker.pid}; Ctrl-C stops it", file=sys.stderr, flush=True)
+    kafka = (
+        LocalKafka(settings.cache_dir, port=args.port) if args.nodes == 1
+        else LocalKafkaCluster(settings.cache_dir, size=args.nodes)
+    )
+    with kafka:
+        print(f"KAFKA_BOOTSTRAP_SERVERS={kafka.bootstrap_servers}", flush=True)
+        if args.nodes > 1:
+            print(f"TOPIC_REPLICATION_FACTOR={args.nodes}", flush=True)
+            print(f"TOPIC_MIN_INSYNC_REPLICAS={args.nodes - 1}", flush=True)
+        print(f"broker pid(s) {kafka.pids}; Ctrl-C stops them", file=sys.stderr, flush=True)
         stop.wait()
     return 0
 
@@ -106,8 +116,14 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     replay.add_argument("input", help="JSONL file, one event per line (e.g. produce --sink jsonl)")
     replay.add_argument("--output", default="-",
                         help="where to write one JSON line per window and flag (default stdout)")
-    kafka = sub.add_parser("kafka", help="run a local single-node Kafka broker until Ctrl-C")
-    kafka.add_argument("--port", type=int, default=0, help="listener port (default: a free one)")
+    kafka = sub.add_parser(
+        "kafka", help="run a local Kafka broker (or a three-node cluster) until Ctrl-C"
+    )
+    kafka.add_argument("--port", type=int, default=0,
+                       help="listener port of a single broker (default: a free one)")
+    kafka.add_argument("--nodes", type=int, default=1, choices=(1, 3),
+                       help="1: one broker; 3: a KRaft cluster of three broker+controller "
+                       "nodes, replication factor 3, min.insync.replicas 2 (default 1)")
     return parser
 
 

@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     activity_partitions: int = Field(
         default=4, ge=1, description="Partitions of the sender-activity topic (risk owners)."
     )
+    topic_replication_factor: int = Field(
+        default=1, ge=1, description="Replication factor of the topics the worker creates "
+        "(Faust's changelogs included). 3 on a production cluster.",
+    )
+    topic_min_insync_replicas: int | None = Field(
+        default=None, ge=1, description="min.insync.replicas of the topics the worker "
+        "creates; unset: the broker's default. 2 with replication factor 3.",
+    )
 
     # --- risk rules -------------------------------------------------------------------
     risk_velocity_messages: int = Field(

@@ -42,9 +42,10 @@ WINDOW = 60
 class PacedProducer(threading.Thread):
     """Sends records in chunks at about ``rate`` records/s, so a run spans wall time."""
 
-    def __init__(self, settings: Settings, records: list[tuple[bytes, bytes]], rate: float):
+    def __init__(self, settings: Settings, records: list[tuple[bytes, bytes]], rate: float,
+                 acks: int | str = 1):
         super().__init__(daemon=True)
-        self.settings, self.records, self.rate = settings, records, rate
+        self.settings, self.records, self.rate, self.acks = settings, records, rate, acks
         self.sent = 0
         self.error: BaseException | None = None
 
@@ -56,7 +57,7 @@ class PacedProducer(threading.Thread):
 
     async def _run(self) -> None:
         chunk = max(1, int(self.rate / 10))
-        async with KafkaSink(self.settings, self.settings.events_topic) as sink:
+        async with KafkaSink(self.settings, self.settings.events_topic, acks=self.acks) as sink:
             started = time.monotonic()
             for i in range(0, len(self.records), chunk):
                 await sink.write_raw(self.records[i : i + chunk])

@@ -18,7 +18,20 @@ from deploy.local_kafka import kafka_version
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
+CLUSTER_ENV = ROOT / "deploy" / "compose-cluster.env"
 ROOT_USERS = {"0", "root"}
+DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
+def rendered(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """The services as compose interpolates ``${NAME:-default}`` with ``env``."""
+    text = DEFAULTED.sub(lambda m: env.get(m.group(1), m.group(2)), COMPOSE.read_text())
+    return yaml.safe_load(text)["services"]
+
+
+def env_file(path: Path) -> dict[str, str]:
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
 
 
 @pytest.fixture(scope="module")
@@ -137,19 +150,54 @@ def test_grafana_admin_password_has_no_default(services: dict[str, dict[str, Any
     assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]*\}", password), password
 
 
-def test_kafka_is_a_single_kraft_node(services: dict[str, dict[str, Any]]) -> None:
+REPLICATION = ("DEFAULT_REPLICATION_FACTOR", "OFFSETS_TOPIC_REPLICATION_FACTOR",
+               "TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+               "SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR")
+MIN_ISR = ("MIN_INSYNC_REPLICAS", "TRANSACTION_STATE_LOG_MIN_ISR",
+           "SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR")
+
+
+def test_kafka_is_a_single_kraft_node_by_default() -> None:
+    services = rendered({})
     env = _environment(services["kafka"])
     assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert env["KAFKA_ADVERTISED_LISTENERS"] == "PLAINTEXT://kafka:9092"
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
-    for factor in ("OFFSETS_TOPIC_REPLICATION_FACTOR", "TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
-                   "TRANSACTION_STATE_LOG_MIN_ISR",
-                   "SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR"):
+    for factor in REPLICATION + MIN_ISR:
         assert env[f"KAFKA_{factor}"] == "1", factor
     assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert [name for name, s in services.items() if s["image"].startswith("apache/kafka")
+            and "cluster" not in s.get("profiles", [])] == ["kafka"]
 
 
-def test_workers_scale(services: dict[str, dict[str, Any]]) -> None:
+def test_the_cluster_profile_is_three_kraft_voters_with_replication_3() -> None:
+    services = rendered(env_file(CLUSTER_ENV))
+    nodes = {name: _environment(s) for name, s in services.items()
+             if s["image"] == f"apache/kafka:{kafka_version()}"}
+    assert sorted(nodes) == ["kafka", "kafka-2", "kafka-3"]
+    assert all(services[n].get("profiles") == ["cluster"] for n in ("kafka-2", "kafka-3"))
+    voters = {f"{env['KAFKA_NODE_ID']}@{name}:9093" for name, env in nodes.items()}
+    advertised = []
+    for name, env in nodes.items():
+        assert set(env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")) == voters, name
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092"
+        assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        assert all(env[f"KAFKA_{f}"] == "3" for f in REPLICATION), name
+        assert all(env[f"KAFKA_{f}"] == "2" for f in MIN_ISR), name
+        assert env["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"] == "false"
+        advertised.append(f"{name}:9092")
+        assert services[name]["volumes"] == [f"{name}-data:/var/lib/kafka/data"]
+    assert len({env["KAFKA_NODE_ID"] for env in nodes.values()}) == 3
+    assert len({env["CLUSTER_ID"] for env in nodes.values()}) == 1
+    worker = _environment(services["worker"])
+    assert worker["KAFKA_BOOTSTRAP_SERVERS"].split(",") == advertised
+    assert (worker["TOPIC_REPLICATION_FACTOR"], worker["TOPIC_MIN_INSYNC_REPLICAS"]) == ("3", "2")
+    producer = _environment(services["producer"])
+    assert producer["KAFKA_BOOTSTRAP_SERVERS"] == worker["KAFKA_BOOTSTRAP_SERVERS"]
+
+
+def test_workers_scale() -> None:
+    services = rendered({})
     worker = services["worker"]
     assert "container_name" not in worker
     assert all(":" not in str(port) for port in worker.get("ports", [])), "fixed host port"

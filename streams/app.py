@@ -28,8 +28,15 @@ from streams.owner import OwnerState
 from streams.pipeline_metrics import PipelineMetrics
 from streams.risk_stage import RiskStage
 from streams.settings import Settings
+from streams.stage import read_partitions
 
 log = logging.getLogger(__name__)
+
+
+def _state_key(partition: int) -> bytes:
+    return f"p{partition}".encode()
+
+
 _CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
 
 
@@ -84,12 +91,6 @@ class Worker:
             broker_commit_interval=1.0,
             # no static membership here: Faust's assignor checks each member's web URL
             # in the stored assignment, which a restart on another port would trip
-            # No standby copies: the table is one small value per partition, quick to
-            # read back, and a partition that turns from standby to active here can race
-            # Faust's fetcher (a standby fetch in flight lands after the recovery seek,
-            # the consumer then drops the changelog from offset 0 as already read, and
-            # recovery waits forever: seen in the 1 -> 2 -> 1 rebalance test).
-            table_standby_replicas=0,
             broker_session_timeout=settings.session_timeout_ms / 1000,
             broker_heartbeat_interval=max(1.0, settings.session_timeout_ms / 4000),
             producer_acks=-1,
@@ -101,8 +102,14 @@ class Worker:
         self.metrics_out = self.app.topic(
             settings.metrics_topic, key_serializer="raw", value_serializer="raw"
         )
-        # one value per partials partition: OwnerState.to_json(), Faust's json codec
-        self.owners = self.app.Table("aggregate-owners", partitions=settings.partials_partitions)
+        # One OwnerState per partials partition, in a compacted topic of its own that the
+        # agent writes and reads back itself, not a Faust table: Faust's table recovery
+        # hung after rebalances in two different ways (a standby fetch racing the
+        # recovery seek; with standbys off, a newly assigned changelog partition that
+        # never delivered a record), each time stopping every window for good.
+        self.state_out = self.app.topic(
+            settings.aggregate_state_topic, key_serializer="raw", value_serializer="raw"
+        )
         self._states: dict[int, OwnerState] = {}  # owned partials partition -> live state
         self.app.on_partitions_revoked.connect(self._forget_revoked)
         self.ingest: Stage = (
@@ -124,11 +131,11 @@ class Worker:
     async def _aggregate(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
             partition = event.message.partition
-            state = self._owner_state(partition)
+            state = await self._owner_state(partition)
             closed = state.apply(orjson.loads(event.value))
             if closed:
                 # Published, and acknowledged by the broker, before the state that says
-                # "closed" can reach the changelog: a crash in between then publishes the
+                # "closed" can reach its topic: a crash in between then publishes the
                 # same windows again (identical records), instead of losing them.
                 sent = [
                     await self.metrics_out.send(
@@ -139,19 +146,30 @@ class Worker:
                 for window, delivery in zip(closed, sent, strict=True):
                     await delivery
                     log.info("closed window %d (owner %d)", window.start, partition)
-            self.owners[f"p{partition}"] = state.to_json()
+            # In Kafka before this event is acknowledged, so before Faust can commit
+            # past it: a restarted owner resumes from a state at or ahead of the
+            # committed offset, and the applied-offset marks skip what it has seen.
+            await (await self.state_out.send(
+                key=_state_key(partition), value=state.dumps(), partition=partition
+            ))
 
-    def _owner_state(self, partition: int) -> OwnerState:
-        """The agent's live state of an owned partition: from memory, else from the table
-        (the agent only runs once Faust has restored it from the changelog)."""
+    async def _owner_state(self, partition: int) -> OwnerState:
+        """The agent's live state of an owned partition: from memory, else the newest
+        record of its state topic (the agent only meets a partition Faust assigned)."""
         state = self._states.get(partition)
         if state is None:
-            data = self.owners.get(f"p{partition}")
+            last: list[bytes | None] = [None]
+            records = await read_partitions(
+                self.settings.kafka_client_options(), self.settings.aggregate_state_topic,
+                [partition], lambda _, message: last.__setitem__(0, message.value),
+            )
             state = (
-                OwnerState.from_json(data) if data
+                OwnerState.loads(last[0]) if last[0]
                 else OwnerState(partition, self.settings.window_seconds)
             )
             self._states[partition] = state
+            log.info("aggregate restored partition %d (%d state records read)", partition,
+                     records)
         return state
 
     async def _forget_revoked(self, app: Any, revoked: set[Any], **kwargs: Any) -> None:
@@ -167,18 +185,11 @@ class Worker:
         return [tp.partition for tp in assigned if tp.topic == self.settings.partials_topic]
 
     def _owned_states(self) -> list[OwnerState]:
-        """What /metrics shows. It never creates or caches state: a scrape can come while
-        Faust is still restoring the table, and an empty state cached then would make the
-        agent start over and close windows a second time."""
-        states = []
-        for partition in self._assigned_partials():
-            state = self._states.get(partition)
-            if state is None:
-                data = self.owners.get(f"p{partition}")
-                state = OwnerState.from_json(data) if data else None
-            if state is not None:
-                states.append(state)
-        return states
+        """What /metrics shows: the states the agent holds for its assigned partitions.
+        A scrape never loads or creates one (a partition is shown once the agent has
+        restored it)."""
+        assigned = set(self._assigned_partials())
+        return [state for partition, state in self._states.items() if partition in assigned]
 
     # --- the batch stages ------------------------------------------------------------
     def _run_stage(self, stage: Stage) -> Callable[[], Awaitable[None]]:

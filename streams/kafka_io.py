@@ -171,6 +171,10 @@ async def ensure_topics(settings: Settings, extra: dict[str, int] | None = None)
                 settings.risk_state_topic, settings.activity_partitions, **compacted,
                 **{"max.message.bytes": str(32 * 1024 * 1024)},
             ),
+            topic(
+                settings.aggregate_state_topic, settings.partials_partitions, **compacted,
+                **{"max.message.bytes": str(32 * 1024 * 1024)},
+            ),
         ]
         wanted += [topic(name, n) for name, n in (extra or {}).items()]
         missing = [t for t in wanted if t.name not in existing]

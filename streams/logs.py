@@ -22,10 +22,10 @@ REPEAT_INTERVAL_SECONDS = 60.0
 
 @dataclass
 class RepeatLimit(logging.Filter):
-    """At most one record per logger and message template per ``interval`` seconds.
-
-    The record let through after a quiet spell says how many like it were held back.
-    """
+    """At most one warning or error per logger and message template per ``interval``
+    seconds; the one let through after a quiet spell says how many like it were held
+    back. Informational records (a rebalance's assignment, say) always pass: they come
+    once per event, not once per retry."""
 
     interval: float = REPEAT_INTERVAL_SECONDS
     clock: Callable[[], float] = time.monotonic
@@ -36,6 +36,8 @@ class RepeatLimit(logging.Filter):
         super().__init__()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
         key = (record.name, str(record.msg))
         now = self.clock()
         last = self._last.get(key)

@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     metrics_topic: str = Field(
         default="messaging.metrics", description="One record per closed window and owner."
     )
+    aggregate_state_topic: str = Field(
+        default="messaging.aggregate.state",
+        description="Compacted topic of the aggregate owners' state (one record per "
+        "partials partition: open windows, watermark, applied offsets).",
+    )
     activity_topic: str = Field(
         default="messaging.sender-activity",
         description="Per-sender activity partials, repartitioned by sender for the risk stage.",

@@ -59,6 +59,7 @@ def base_settings(kafka_bootstrap: str, tmp_path) -> Iterator[Settings]:
         metrics_topic=f"t{run}.metrics",
         activity_topic=f"t{run}.activity",
         risk_state_topic=f"t{run}.risk.state",
+        aggregate_state_topic=f"t{run}.aggregate.state",
         flagged_topic=f"t{run}.flagged",
         idle_timeout_seconds=3.0,
         metrics_port=0,

@@ -41,7 +41,8 @@ COMPRESSION = TimeCompression(
     scrape_interval="1s", group_wait="1s", group_interval="2s", repeat_interval="1m",
 )
 TOPIC_FIELDS = ("events_topic", "dlq_topic", "partials_topic", "ingest_state_topic",
-                "metrics_topic", "activity_topic", "risk_state_topic", "flagged_topic")
+                "metrics_topic", "activity_topic", "risk_state_topic", "flagged_topic",
+                "aggregate_state_topic")
 
 
 class Stack:

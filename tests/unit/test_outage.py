@@ -137,8 +137,8 @@ def test_keep_trying_stops_when_told(monkeypatch) -> None:
     assert asyncio.run(run()) is None
 
 
-def record(msg: str, *args: object) -> logging.LogRecord:
-    return logging.LogRecord("aiokafka.conn", logging.ERROR, __file__, 1, msg, args, None)
+def record(msg: str, *args: object, level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord("aiokafka.conn", level, __file__, 1, msg, args, None)
 
 
 def test_repeat_limit_lets_a_message_through_once_an_interval_and_counts_the_rest() -> None:
@@ -158,3 +158,5 @@ def test_repeat_limit_lets_a_message_through_once_an_interval_and_counts_the_res
     assert again.getMessage() == (
         "Unable connect to node with id 1: refused (500 more like this in the last 61 s)"
     )
+    assigned = "Setting newly assigned partitions %s"
+    assert all(limit.filter(record(assigned, i, level=logging.INFO)) for i in range(3))

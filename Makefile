@@ -2,7 +2,7 @@
 UV_VERSION := 0.13.8
 SYNCED := .venv/.synced
 
-.PHONY: install demo test test-unit test-loop lint worker produce kafka bench clean
+.PHONY: install demo test test-cluster test-unit test-loop lint worker produce kafka bench clean
 
 $(SYNCED): pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --progress-bar on "uv==$(UV_VERSION)"
@@ -14,8 +14,11 @@ install: $(SYNCED)
 demo: $(SYNCED)  ## broker (if needed) + worker + producer + live view; Ctrl-C stops all
 	.venv/bin/messaging-metrics demo
 
-test: $(SYNCED)  ## the whole suite: unit, then integration on a real local broker
-	.venv/bin/pytest
+test: $(SYNCED)  ## the suite: unit, integration on a real local broker, end to end
+	.venv/bin/pytest -m "not cluster"
+
+test-cluster: $(SYNCED)  ## the three-broker cluster test (three JVMs of its own)
+	.venv/bin/pytest -m cluster
 
 test-unit: $(SYNCED)
 	.venv/bin/pytest tests/unit

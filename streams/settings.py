@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     )
     topic_replication_factor: int = Field(
         default=1, ge=1, description="Replication factor of the topics the worker creates "
-        "(Faust's changelogs included). 3 on a production cluster.",
+        "(Faust's own included). 3 on a production cluster.",
     )
     topic_min_insync_replicas: int | None = Field(
         default=None, ge=1, description="min.insync.replicas of the topics the worker "
@@ -114,7 +114,7 @@ class Settings(BaseSettings):
     # --- worker -----------------------------------------------------------------------
     app_id: str = Field(
         default="messaging-metrics",
-        description="Faust app id: prefixes consumer groups and changelog topics.",
+        description="Faust app id: prefixes the consumer groups (and Faust's own assignor topic).",
     )
     worker_id: str = Field(
         default_factory=socket.gethostname,

@@ -55,7 +55,7 @@ from bench.peers import progress as peer_progress
 from bench.procs import ROOT, Processes, Sampler, status_kb, with_descendants
 from producers.profile import SimulationProfile
 from producers.simulator import Simulator
-from streams.kafka_io import ensure_topics
+from streams.kafka.io import ensure_topics
 from streams.settings import Settings
 from tests.harness import WorkerProcess, settings_env, wait_until
 from tests.pipeline import processed_total, produce

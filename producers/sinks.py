@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, Self
 
 import orjson
 
-from streams.kafka_io import BatchWriter, KeyPartitions
+from streams.kafka.io import BatchWriter, KeyPartitions
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
@@ -73,7 +73,7 @@ class JsonlSink(_ClosingContext):
 class KafkaSink(_ClosingContext):
     """Batching, keyed producer of events (and raw records) to one topic.
 
-    Records go through :class:`streams.kafka_io.BatchWriter` (aiokafka's batch API,
+    Records go through :class:`streams.kafka.io.BatchWriter` (aiokafka's batch API,
     one open batch per partition): a batch is sent when full, when it has been open
     ``linger_ms`` (checked on every write), and on ``flush()``/``close()``. Records
     carry the wall-clock produce time as their Kafka timestamp: the event time is in

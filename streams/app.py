@@ -1,8 +1,8 @@
 """The worker: the ingest stage and the Faust aggregate agent in one process.
 
-- ingest (plain aiokafka, batch-at-a-time; see :mod:`streams.ingest`) runs as a Faust
+- ingest (plain aiokafka, batch-at-a-time; see :mod:`streams.ingest.stage`) runs as a Faust
   task beside the agent, or in child processes of its own with ``INGEST_PROCESSES``
-  (see :mod:`streams.ingest_processes`);
+  (see :mod:`streams.ingest.processes`);
 - the ``aggregate`` agent reads ``messaging.partials`` (partials and watermark marks,
   low volume) and keeps one :class:`OwnerState` per partition in a Faust table, whose
   changelog restores it on restart or rebalance; closed windows go to
@@ -20,15 +20,15 @@ import orjson
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from streams import faust_transport
-from streams.exposition import WindowCollector, WindowOwner
-from streams.ingest import IngestStage
-from streams.ingest_processes import IngestProcesses
-from streams.owner import OwnerState
+from streams.aggregate.exposition import WindowCollector, WindowOwner
+from streams.aggregate.owner import OwnerState
+from streams.ingest.processes import IngestProcesses
+from streams.ingest.stage import IngestStage
+from streams.kafka import faust_transport
+from streams.kafka.stage import read_partitions
 from streams.pipeline_metrics import PipelineMetrics
-from streams.risk_stage import RiskStage
+from streams.risk.stage import RiskStage
 from streams.settings import Settings
-from streams.stage import read_partitions
 
 log = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from streams.partials import (
 WINDOW_END = "messaging_window_end_timestamp_seconds"
 ACTIVE_SENDERS = "messaging_active_senders"
 FLAGGED_SENDERS = "messaging_flagged_senders"
-RISK_RULES = ("velocity", "spam_reports", "inmail_response")  # streams.risk.RULES
+RISK_RULES = ("velocity", "spam_reports", "inmail_response")  # streams.risk.rules.RULES
 
 # (metric name, help, counter key prefix, label names, label value enumerations)
 COUNT_GAUGES: tuple[tuple[str, str, str, tuple[str, ...], tuple[tuple[str, ...], ...]], ...] = (

@@ -26,14 +26,14 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 
     setup_logging(settings)
     if args.sink == "kafka":
-        from streams.kafka_io import ensure_topics
+        from streams.kafka.io import ensure_topics
 
         asyncio.run(ensure_topics(settings))
     return asyncio.run(producer_cli.main(args, settings))
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.demo import run_demo
+    from streams.console.demo import run_demo
 
     setup_logging(settings)
     return run_demo(settings, duration=args.duration)

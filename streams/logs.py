@@ -3,7 +3,7 @@
 While a broker is down, aiokafka logs each failed connection, metadata refresh and
 fetch: hundreds of ERROR lines a second (8,000 in a 15-second outage, measured), in
 which the one line that says what the worker does about it is lost. The stages say
-that once per outage (:mod:`streams.outage`); :class:`RepeatLimit` lets each of the
+that once per outage (:mod:`streams.kafka.outage`); :class:`RepeatLimit` lets each of the
 client's messages through once per interval, with a count of what it held back.
 """
 

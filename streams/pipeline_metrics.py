@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streams.events import EVENT_TYPES, REJECTION_REASONS
-from streams.outage import OutageReport
+from streams.kafka.outage import OutageReport
 
 STAGES = ("ingest", "risk")  # the batch stages, which report their outages
 

@@ -14,14 +14,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.batch_records import activity_records, mark_record, partial_records
+from streams.aggregate.owner import ClosedWindow, OwnerState
 from streams.catalogue import FLAGGED_SENDERS, window_samples
-from streams.conversations import BatchWindows, new_core
 from streams.events import parse
-from streams.kafka_io import partition_for
-from streams.owner import ClosedWindow, OwnerState
+from streams.ingest.conversations import BatchWindows, new_core
+from streams.ingest.records import activity_records, mark_record, partial_records
+from streams.kafka.io import partition_for
 from streams.partials import Partial, merge_into
-from streams.risk import Flag, RiskRules, RiskState
+from streams.risk.rules import Flag, RiskRules, RiskState
 from streams.settings import Settings
 
 

@@ -12,8 +12,8 @@ import faust
 
 from streams import collector
 from streams.app import Worker
-from streams.kafka_io import ensure_topics
-from streams.outage import Outage, keep_trying
+from streams.kafka.io import ensure_topics
+from streams.kafka.outage import Outage, keep_trying
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

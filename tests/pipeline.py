@@ -13,7 +13,7 @@ import orjson
 from producers.profile import SimulationProfile
 from producers.simulator import Simulator
 from producers.sinks import KafkaSink
-from streams.kafka_io import ensure_topics
+from streams.kafka.io import ensure_topics
 from streams.settings import Settings
 from tests import reference
 from tests.harness import WorkerProcess, read_topic, wait_until

@@ -21,7 +21,7 @@ import pytest
 
 from deploy.grafana_board import build_dashboard, panel_queries
 from deploy.local_monitoring import LocalMonitoring, TimeCompression
-from streams.kafka_io import ensure_topics
+from streams.kafka.io import ensure_topics
 from streams.settings import Settings
 from tests.e2e.conftest import WebhookReceiver
 from tests.harness import ROOT, WorkerProcess, settings_env, wait_until

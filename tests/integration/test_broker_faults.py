@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from streams.kafka_io import ensure_topics
+from streams.kafka.io import ensure_topics
+from streams.kafka.stage import STALLED_AFTER_SECONDS
 from streams.settings import Settings
-from streams.stage import STALLED_AFTER_SECONDS
 from tests.harness import WorkerProcess, wait_until
 from tests.integration.test_reliability import PacedProducer, check_run
 from tests.pipeline import encoded, simulated

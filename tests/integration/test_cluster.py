@@ -20,7 +20,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
 from deploy.local_kafka import LocalKafkaCluster
-from streams.kafka_io import ensure_topics
+from streams.kafka.io import ensure_topics
 from streams.settings import Settings
 from tests.harness import WorkerProcess, wait_until
 from tests.integration.test_broker_faults import late_events

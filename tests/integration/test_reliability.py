@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from producers.sinks import KafkaSink
-from streams.kafka_io import ensure_topics
+from streams.kafka.io import ensure_topics
 from streams.settings import Settings
 from tests import reference
 from tests.harness import WorkerProcess, read_topic, wait_until

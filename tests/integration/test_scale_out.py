@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.kafka_io import ensure_topics
+from streams.kafka.io import ensure_topics
 from streams.settings import Settings
 from tests import reference
 from tests.harness import WorkerProcess, wait_until

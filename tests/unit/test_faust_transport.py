@@ -9,7 +9,7 @@ from typing import Any
 
 from faust.transport.producer import ProducerBuffer
 
-from streams.faust_transport import DrainingProducerBuffer
+from streams.kafka.faust_transport import DrainingProducerBuffer
 
 
 class SlowChannel:

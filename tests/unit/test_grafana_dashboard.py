@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from deploy import grafana_board as board
 from streams import catalogue
-from streams.exposition import WindowCollector
+from streams.aggregate.exposition import WindowCollector
 from streams.pipeline_metrics import PipelineMetrics
 
 GRAFANA = board.ROOT / "grafana"

@@ -6,8 +6,8 @@ import itertools
 
 import msgspec
 
-from streams.conversations import BatchWindows, Conversation, PartitionCore
 from streams.events import Event, MessageSent, SpamReported
+from streams.ingest.conversations import BatchWindows, Conversation, PartitionCore
 
 T0 = 1_790_000_040.0  # a 60 s window boundary
 

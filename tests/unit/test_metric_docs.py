@@ -9,7 +9,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from streams import catalogue
-from streams.exposition import WindowCollector
+from streams.aggregate.exposition import WindowCollector
 from streams.pipeline_metrics import PipelineMetrics
 from tests.prometheus_rules import recording_rule_names
 

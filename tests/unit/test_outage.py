@@ -14,9 +14,9 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
 )
 
-from streams import outage as outage_module
+from streams.kafka import outage as outage_module
+from streams.kafka.outage import Outage, OutageReport, is_fatal, keep_trying
 from streams.logs import RepeatLimit
-from streams.outage import Outage, OutageReport, is_fatal, keep_trying
 
 
 class Clock:
@@ -30,7 +30,7 @@ class Clock:
 def test_an_outage_is_told_once_when_it_begins_and_once_when_it_ends(caplog) -> None:
     clock, reports = Clock(), []
     outage = Outage("ingest", "0", reports.append, clock=clock)
-    caplog.set_level(logging.WARNING, logger="streams.outage")
+    caplog.set_level(logging.WARNING, logger="streams.kafka.outage")
     for _ in range(50):  # fifty failed retries, one outage
         outage.failed("committing a batch", KafkaConnectionError("Connection closed"))
         clock.now += 0.1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streams.owner import OwnerState
+from streams.aggregate.owner import OwnerState
 from streams.partials import encode
 
 T0 = 1_790_000_040

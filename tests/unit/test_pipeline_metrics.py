@@ -6,7 +6,7 @@ import pickle
 
 from prometheus_client import CollectorRegistry
 
-from streams.outage import OutageReport
+from streams.kafka.outage import OutageReport
 from streams.pipeline_metrics import BatchReport, PipelineMetrics
 
 

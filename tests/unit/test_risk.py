@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from streams.risk import RiskRules, RiskState
+from streams.risk.rules import RiskRules, RiskState
 
 T0 = 1_790_000_040  # a 60 s window boundary
 DAY = 86_400

@@ -8,8 +8,8 @@ import ssl
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from streams.app import _credentials
+from streams.kafka.stage import TransactionalStage
 from streams.settings import Settings
-from streams.stage import TransactionalStage
 
 SASL_SSL = {
     "kafka_bootstrap_servers": "broker-1:9093,broker-2:9093",

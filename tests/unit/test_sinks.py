@@ -19,7 +19,7 @@ from aiokafka.record.memory_records import MemoryRecords
 from producers.profile import SimulationProfile
 from producers.simulator import Simulator
 from producers.sinks import JsonlSink, KafkaSink
-from streams.kafka_io import murmur2, partition_for
+from streams.kafka.io import murmur2, partition_for
 from streams.settings import Settings
 
 

@@ -2,7 +2,7 @@
 
 One Python process runs one core at most, and the ingest is most of the worker's CPU
 (decoding, validating, conversation state). With ``INGEST_PROCESSES=N`` the worker
-starts N children, each an :class:`~streams.ingest.IngestStage` with its own consumer
+starts N children, each an :class:`~streams.ingest.stage.IngestStage` with its own consumer
 (same group: they share the events topic's partitions), its own transactional producer
 (``<WORKER_ID>.ingest<i>``, so a restarted worker fences its previous children), and
 exactly the same outputs as the in-process stage. The Faust process keeps the
@@ -32,9 +32,9 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from streams import collector
-from streams.ingest import IngestStage
+from streams.ingest.stage import IngestStage
+from streams.kafka.outage import RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, OutageReport, is_fatal
 from streams.logs import setup_logging
-from streams.outage import RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, OutageReport, is_fatal
 from streams.pipeline_metrics import BatchReport
 from streams.settings import Settings
 

@@ -25,7 +25,12 @@ from typing import Any
 import orjson
 
 from streams.catalogue import RISK_RULES
-from streams.conversations import INMAIL_REPLIES, INMAILS_SENT, REPORTS_RECEIVED, SENT_MESSAGES
+from streams.ingest.conversations import (
+    INMAIL_REPLIES,
+    INMAILS_SENT,
+    REPORTS_RECEIVED,
+    SENT_MESSAGES,
+)
 from streams.partials import FLAGGED, Partial
 from streams.settings import Settings
 from streams.windows import GlobalWatermark

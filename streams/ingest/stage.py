@@ -4,7 +4,7 @@ For each batch from ``messaging.events``: decode (orjson) and validate every mes
 send rejects to the DLQ with their reason, feed the rest to the partition's
 :class:`PartitionCore` (conversation state, first replies, per-window counts, distinct
 senders, per-sender activity), then in ONE Kafka transaction (see
-:class:`~streams.stage.TransactionalStage`) produce the batch's partials (key =
+:class:`~streams.kafka.stage.TransactionalStage`) produce the batch's partials (key =
 segment), the sender activity (to the partition of each sender), the DLQ records, the
 changed conversation state (compacted changelog, same partition number as the input),
 the partition clocks, watermark marks for every downstream partition, and the input
@@ -25,14 +25,14 @@ from typing import Any
 import orjson
 from aiokafka.structs import TopicPartition
 
-from streams.batch_records import activity_records, mark_record, partial_records
-from streams.conversations import BatchWindows, Conversation, PartitionCore, new_core
 from streams.events import Rejection, parse
-from streams.kafka_io import BatchWriter, fetched_end
-from streams.outage import OutageReport
+from streams.ingest.conversations import BatchWindows, Conversation, PartitionCore, new_core
+from streams.ingest.records import activity_records, mark_record, partial_records
+from streams.kafka.io import BatchWriter, fetched_end
+from streams.kafka.outage import OutageReport
+from streams.kafka.stage import STALLED_AFTER_SECONDS, TransactionalStage
 from streams.pipeline_metrics import BatchReport
 from streams.settings import Settings
-from streams.stage import STALLED_AFTER_SECONDS, TransactionalStage
 from streams.windows import (
     Idleness,
     PartitionClock,

@@ -2,7 +2,7 @@
 
 It reads ``messaging.sender-activity`` (the ingest writes each batch's per-sender
 counts to the partition of each sender, plus watermark marks), keeps one
-:class:`~streams.risk.RiskState` per partition and, in the same transaction as its
+:class:`~streams.risk.rules.RiskState` per partition and, in the same transaction as its
 input offsets, publishes every flag to ``messaging.risk.flagged-senders`` and a
 snapshot of the partition's state to a compacted changelog.
 """
@@ -16,11 +16,11 @@ from typing import Any
 import orjson
 from aiokafka.structs import TopicPartition
 
-from streams.kafka_io import BatchWriter
-from streams.outage import OutageReport
-from streams.risk import RiskRules, RiskState
+from streams.kafka.io import BatchWriter
+from streams.kafka.outage import OutageReport
+from streams.kafka.stage import TransactionalStage
+from streams.risk.rules import RiskRules, RiskState
 from streams.settings import Settings
-from streams.stage import TransactionalStage
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from rich.live import Live
 from deploy.local_kafka import LocalKafka, free_port
 from deploy.local_monitoring import LocalMonitoring, TimeCompression, monitoring_available
 from deploy.processes import stop_process
-from streams.live_view import LiveView, snapshot
+from streams.console.live_view import LiveView, snapshot
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import TopicPartition
 
-from streams.kafka_io import BatchWriter, raw_records
-from streams.outage import (
+from streams.kafka.io import BatchWriter, raw_records
+from streams.kafka.outage import (
     RETRIABLE_ERRORS,
     RETRY_FIRST_SECONDS,
     RETRY_MAX_SECONDS,
@@ -189,7 +189,7 @@ class TransactionalStage(ABC, Generic[State]):
     # --- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect; while Kafka cannot be reached, keep trying (one log line, see
-        :class:`~streams.outage.Outage`) until it answers or the stage is stopped. Only
+        :class:`~streams.kafka.outage.Outage`) until it answers or the stage is stopped. Only
         an error retrying cannot mend (bad credentials, a missing permission) is raised."""
         await keep_trying(
             self.health, "connecting", self._connect, self._drop_clients, self._stopping

@@ -10,8 +10,8 @@ import functools
 from typing import Any
 
 from streams import distinct
-from streams.conversations import BatchWindows
-from streams.kafka_io import KeyPartitions, partition_for
+from streams.ingest.conversations import BatchWindows
+from streams.kafka.io import KeyPartitions, partition_for
 from streams.partials import GLOBAL_SEGMENT, encode, split_by_segment
 from streams.windows import PartitionClock, finite_or_none
 

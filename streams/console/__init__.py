@@ -1,0 +1,1 @@
+"""The demo: a local stack in one command (``demo``) and its terminal view (``live_view``)."""

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 # the shared helpers assert too: show the values when they fail, as in test modules
-pytest.register_assert_rewrite("tests.harness", "tests.pipeline", "tests.reference")
+pytest.register_assert_rewrite("tests.harness", "tests.pipeline", "tests.reference", "tests.faults")
 
 from deploy.local_kafka import LocalKafka
 from streams.logs import limit_client_repeats

@@ -6,15 +6,12 @@ and continued. Every closed window must then equal the independent recount of th
 events topic, no window may close early (no aggregate-late or ingest-late event), a
 window published twice must be identical, and no worker may exit.
 
-``FAULT_SEED`` replays a run's random points (each test prints the seed it used).
+``FAULT_SEED`` replays a run's random points (see tests/faults.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import os
-import random
 import re
 import time
 from dataclasses import dataclass
@@ -23,17 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from streams.kafka.io import ensure_topics
 from streams.kafka.stage import STALLED_AFTER_SECONDS
 from streams.settings import Settings
-from tests.harness import WorkerProcess, wait_until
-from tests.integration.test_reliability import PacedProducer, check_run
-from tests.pipeline import encoded, simulated
+from tests.faults import FaultRun
+from tests.harness import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
-EVENTS = 90_000  # 90 one-minute windows of event time
-RATE = 4500  # events per wall second: a 20-second run
 REPORTED_AFTER = STALLED_AFTER_SECONDS  # an outage is news once a batch waits this long
 
 
@@ -87,55 +80,31 @@ def wait_around(logs: list[Path], instant: float) -> float:
     return next((b - a for a, b in itertools.pairwise(closes) if a <= instant <= b), 0.0)
 
 
-def late_events(workers: list[WorkerProcess]) -> dict[str, float]:
-    """Events that missed their window, in the ingest or at the aggregate owners."""
-    totals = {"messaging_late_events_total": 0.0, "messaging_aggregate_late_events": 0.0}
-    for worker in workers:
-        for (name, _), value in worker.scrape().items():
-            if name in totals:
-                totals[name] += value
-    return totals
-
-
 @pytest.mark.parametrize("fault", list(FAULTS.values()), ids=list(FAULTS))
 def test_broker_fault_loses_nothing_and_closes_no_window_early(
     kafka_broker, settings: Settings, tmp_path, fault: Fault
 ) -> None:
     if kafka_broker is None:
         pytest.skip("KAFKA_BOOTSTRAP_SERVERS points at an external broker: not ours to break")
-    seed = int(os.environ.get("FAULT_SEED") or random.randrange(1 << 30))
-    rng = random.Random(seed)
-    print(f"FAULT_SEED={seed}")
-    settings = settings.model_copy(update={
+    run = FaultRun(settings.model_copy(update={
         "idle_timeout_seconds": fault.idle_timeout,
         "session_timeout_ms": fault.session_timeout_ms,
-    })
-    asyncio.run(ensure_topics(settings))
-    events = simulated(EVENTS, seed=seed % 1000)
-    producer = PacedProducer(settings, encoded(events), rate=RATE)
-    workers = [
-        WorkerProcess(settings, tmp_path / f"w{i}.log", worker_id=f"w{i}").start()
-        for i in range(2)
-    ]
+    }), tmp_path)
     try:
-        producer.start()
-        at = rng.uniform(0.25, 0.6) * len(events)
-        wait_until(lambda: producer.sent >= at, 60, "the fault's point in the run", 0.05)
+        run.start_and_wait_for_the_fault_point()
         if fault.kind == "kill":
             kafka_broker.kill()
         else:
             kafka_broker.pause()
         gone, gone_wall = time.monotonic(), time.time()
-        witnesses = list(workers)  # the workers that see the whole outage
+        witnesses = list(run.workers)  # the workers that see the whole outage
         if fault.kill_worker:
-            time.sleep(rng.uniform(0, fault.down / 2))
-            victim = rng.randrange(len(workers))
-            workers[victim].kill()
-            witnesses.remove(workers[victim])
+            time.sleep(run.rng.uniform(0, fault.down / 2))
+            victim = run.rng.randrange(len(run.workers))
+            run.workers[victim].kill()
+            witnesses.remove(run.workers[victim])
             # restarted at once, as an orchestrator would: it must wait for the broker
-            workers[victim] = WorkerProcess(
-                settings, tmp_path / f"w{victim}-restarted.log", worker_id=f"w{victim}"
-            ).start(wait=False)
+            run.workers[victim] = run.worker(victim, f"w{victim}-restarted").start(wait=False)
         if fault.down >= REPORTED_AFTER + 2:
             time.sleep(max(0.0, gone + REPORTED_AFTER + 1 - time.monotonic()))
             for worker in witnesses:  # the outage shows while it lasts
@@ -146,15 +115,10 @@ def test_broker_fault_loses_nothing_and_closes_no_window_early(
         else:
             kafka_broker.resume()
         back = time.monotonic()
-        for worker in workers:
+        for worker in run.workers:
             worker.wait_started()
-        producer.join_checked(timeout=180)
-        check_run(settings, events, workers, crashed=True)
-        assert late_events(workers) == {
-            "messaging_late_events_total": 0.0, "messaging_aggregate_late_events": 0.0
-        }, f"a window closed early (FAULT_SEED={seed})"
-        for worker in workers:
-            assert worker.running(), f"a worker exited: see {worker.log_path}"
+        run.assert_exact_and_nothing_early()
+        for worker in run.workers:
             # told once per outage and stage, however many retries it took; and over
             outages = by_stage(worker, "messaging_kafka_outages_total")
             assert outage_lines(worker) == {k: int(v) for k, v in outages.items()}
@@ -165,7 +129,7 @@ def test_broker_fault_loses_nothing_and_closes_no_window_early(
         print(f"{fault}: broker gone {back - gone:.1f} s (its own restart included), "
               f"windows waited {waited:.1f} s across it")
     finally:
-        codes = [worker.stop() for worker in workers]
+        codes = run.stop()
         if kafka_broker.process is None:  # a failed test leaves the session a broker
             kafka_broker.start()
         else:

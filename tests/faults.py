@@ -1,0 +1,77 @@
+"""Fault runs for the integration tests: two workers and a paced producer on a seeded
+stream, a fault at a random point, and the verdict of the independent recount.
+
+``FAULT_SEED`` replays a run's random points (each run prints the seed it used).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streams.kafka.io import ensure_topics
+from streams.settings import Settings
+from tests.harness import WorkerProcess, wait_until
+from tests.integration.test_reliability import PacedProducer, check_run
+from tests.pipeline import encoded, simulated
+
+EVENTS = 90_000  # 90 one-minute windows of event time
+RATE = 4500  # events per wall second: a 20-second run
+
+
+def late_events(workers: list[WorkerProcess]) -> dict[str, float]:
+    """Events that missed their window, in the ingest or at the aggregate owners."""
+    totals = {"messaging_late_events_total": 0.0, "messaging_aggregate_late_events": 0.0}
+    for worker in workers:
+        for (name, _), value in worker.scrape().items():
+            if name in totals:
+                totals[name] += value
+    return totals
+
+
+@dataclass
+class FaultRun:
+    """Topics, the seeded events, two workers (``w0``, ``w1``) started, the producer not
+    yet. ``stop()`` stops every worker by PID and returns their exit codes."""
+
+    settings: Settings
+    tmp_path: Path
+    acks: int | str = 1
+    seed: int = field(default_factory=lambda: int(os.environ.get("FAULT_SEED")
+                                                  or random.randrange(1 << 30)))
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        print(f"FAULT_SEED={self.seed}")
+        self.rng = random.Random(self.seed)
+        asyncio.run(ensure_topics(self.settings))
+        self.events: list[dict[str, Any]] = simulated(EVENTS, seed=self.seed % 1000)
+        self.producer = PacedProducer(self.settings, encoded(self.events), RATE, self.acks)
+        self.workers = [self.worker(i).start() for i in range(2)]
+
+    def worker(self, index: int, log_name: str | None = None) -> WorkerProcess:
+        return WorkerProcess(self.settings, self.tmp_path / f"{log_name or f'w{index}'}.log",
+                             worker_id=f"w{index}")
+
+    def start_and_wait_for_the_fault_point(self) -> None:
+        """Start producing; return at a random point 25-60 % into the run."""
+        self.producer.start()
+        at = self.rng.uniform(0.25, 0.6) * len(self.events)
+        wait_until(lambda: self.producer.sent >= at, 60, "the fault's point in the run", 0.05)
+
+    def assert_exact_and_nothing_early(self) -> None:
+        """Every window and gauge equal the recount, none closed early, nobody exited."""
+        self.producer.join_checked(timeout=180)
+        check_run(self.settings, self.events, self.workers, crashed=True)
+        assert late_events(self.workers) == {
+            "messaging_late_events_total": 0.0, "messaging_aggregate_late_events": 0.0
+        }, f"a window closed early (FAULT_SEED={self.seed})"
+        for worker in self.workers:
+            assert worker.running(), f"a worker exited: see {worker.log_path}"
+
+    def stop(self) -> list[int]:
+        return [worker.stop() for worker in self.workers]

@@ -69,3 +69,32 @@ def test_stopping_lets_the_message_in_flight_go() -> None:
         return channel.handed_over
 
     assert asyncio.run(stop_with_one_in_flight()) == 1
+
+
+def test_a_newly_assigned_partition_starts_with_nothing_read(monkeypatch) -> None:
+    """A read offset left from a rebalance would make Faust drop the records below it
+    when the partition is fetched again from its committed offset."""
+    import faust
+    from faust.transport.consumer import Consumer
+    from faust.types import TP
+
+    from streams.kafka import faust_transport
+
+    seen: list[dict[TP, int | None]] = []
+
+    async def faust_assignment(self: Any, assigned: set[TP], generation_id: int = 0) -> None:
+        seen.append(dict(self._read_offset))  # what Faust's own assignment starts from
+
+    monkeypatch.setattr(Consumer, "on_partitions_assigned", faust_assignment)
+
+    async def run() -> None:
+        app = faust.App("t-read-offset", broker=f"{faust_transport.SCHEME}://127.0.0.1:1",
+                        store="memory://", web_enabled=False)
+        consumer = app.consumer
+        stale, kept = TP("t.partials", 3), TP("t.partials", 1)
+        consumer._read_offset[stale] = 42  # recorded for a message never delivered
+        consumer._read_offset[kept] = 7
+        await consumer.on_partitions_assigned({stale}, generation_id=2)
+
+    asyncio.run(run())
+    assert seen == [{TP("t.partials", 1): 7}]

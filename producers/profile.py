@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 SENDER_TYPES = ("member", "premium", "recruiter", "advertiser")
+ANSWERS = ("accepted", "declined")  # an InMail recipient's answer without a reply
 CHANNELS = ("connection", "inmail", "sponsored")
 CONTENT_TYPES = ("text", "attachment", "rich_media")
 PLATFORMS = ("web", "ios", "android")
@@ -106,6 +107,12 @@ class SimulationProfile:
     read_probability: float = 0.80  # of a message that gets no answer
     read_delay: LogNormal = (15 * 60.0, 1.6)
     max_latency_seconds: float = 3 * 86_400.0  # log-normal tails are cut here
+    # InMail recipients who do not reply often answer with a click instead: "Yes,
+    # interested" or "No thanks" (an inmail_answered event, schema version 2); many
+    # decline rather than reply
+    inmail_answer_probability: float = 0.30  # of InMail openers that get no reply
+    inmail_answers: Shares = field(default_factory=lambda: {"declined": 0.7, "accepted": 0.3})
+    inmail_answer_latency: LogNormal = (3 * 3600.0, 1.3)
     # seconds before a recipient can first answer, added to the first-reply latency (a
     # notification backlog: the recipient only learns of the message this much later)
     first_reply_delay: float = 0.0
@@ -132,6 +139,7 @@ class SimulationProfile:
 
     def __post_init__(self) -> None:
         _check_shares("starter_shares", self.starter_shares, SENDER_TYPES)
+        _check_shares("inmail_answers", self.inmail_answers, ANSWERS)
         _check_shares("account_shares", self.account_shares, SENDER_TYPES)
         _check_shares("platform_shares", self.platform_shares, PLATFORMS)
         for sender_type, shares in self.channel_given_sender.items():

@@ -29,9 +29,9 @@ from producers.population import Population, build_population, starter_pools
 from producers.profile import CHANNELS, FIXED_FIELDS, Phase, SimulationProfile
 
 Event = dict[str, Any]
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # the InMail answer (inmail_answered) is new in version 2
 
-_MESSAGE, _READ, _REPORT, _BLOCK = 0, 1, 2, 3
+_MESSAGE, _READ, _REPORT, _BLOCK, _ANSWER = 0, 1, 2, 3, 4
 _TWO_PI = 2.0 * math.pi
 
 
@@ -200,6 +200,18 @@ class Simulator:
                     return
                 p = reply_p[conv.channel] * (abuse_reply if bad else 1.0)
                 mu, sigma = first_latency[conv.channel]
+                if conv.channel == "inmail":  # one draw: reply or not, as for the others
+                    replies = rand() < p
+                    if not replies and rand() < inmail_answer_p:
+                        # no reply, but a click: "Yes, interested" or "No thanks"; read first
+                        latency = min(exp(gauss(an_mu, an_sigma)), cap) + first_delay
+                        heappush(heap, (ts + latency * rand(), seq, _READ, conv.cid, mid,
+                                        recipient))
+                        heappush(heap, (ts + latency, seq + 1, _ANSWER, conv.cid, mid,
+                                        recipient, pick_answer(rand())))
+                        seq += 2
+                        return
+                    p = 1.0 if replies else 0.0
                 answer(ts, conv, sender, recipient, 0, mid, p, mu, sigma, first_delay)
             else:
                 p = followup_p if k < last_k else 0.0
@@ -241,6 +253,9 @@ class Simulator:
             reply_p = prof.reply_probability
             first_latency = {c: _log_normal(prof.first_reply_latency[c]) for c in CHANNELS}
             first_delay = prof.first_reply_delay
+            inmail_answer_p = prof.inmail_answer_probability
+            pick_answer = _Sampler(prof.inmail_answers)
+            an_mu, an_sigma = _log_normal(prof.inmail_answer_latency)
             reply_failure = prof.reply_failure_probability
             fu_mu, fu_sigma = _log_normal(prof.followup_latency)
             rd_mu, rd_sigma = _log_normal(prof.read_delay)
@@ -317,6 +332,19 @@ class Simulator:
                                 "reported_id": ids[reported],
                                 "reason": reason,
                                 "platform": platform_of(reporter),
+                            }
+                        elif kind == _ANSWER:
+                            cid, mid, responder, answer_kind = item[3:]
+                            yield {
+                                "event_id": f"e-{run}-{n_events}",
+                                "type": "inmail_answered",
+                                "ts": round(ts, 3),
+                                "conversation_id": cid,
+                                "schema_version": SCHEMA_VERSION,
+                                "message_id": mid,
+                                "responder_id": ids[responder],
+                                "answer": answer_kind,
+                                "platform": platform_of(responder),
                             }
                         else:
                             cid, blocker, blocked = item[3:]

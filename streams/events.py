@@ -18,7 +18,9 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 import msgspec
 import orjson
 
-SCHEMA_VERSION: Final = 1
+# Version 2 adds the InMail answer (inmail_answered); version 1 events stay valid.
+SCHEMA_VERSIONS: Final = (1, 2)
+SCHEMA_VERSION: Final = SCHEMA_VERSIONS[-1]  # what a producer writes
 
 SENDER_TYPES: Final = ("member", "premium", "recruiter", "advertiser")
 CHANNELS: Final = ("connection", "inmail", "sponsored")
@@ -26,7 +28,12 @@ CONTENT_TYPES: Final = ("text", "attachment", "rich_media")
 PLATFORMS: Final = ("web", "ios", "android")
 ENTRY_POINTS: Final = ("inbox", "profile", "job_listing", "search")
 SPAM_REASONS: Final = ("spam", "scam", "harassment", "other")
-EVENT_TYPES: Final = ("message_sent", "message_read", "spam_reported", "member_blocked")
+ANSWERS: Final = ("accepted", "declined")  # "Yes, interested" / "No thanks"
+EVENT_TYPES: Final = (
+    "message_sent", "message_read", "spam_reported", "member_blocked", "inmail_answered",
+)
+# the first version that has each type
+SINCE_VERSION: Final = {"inmail_answered": 2}
 
 # Event time must be a plausible UTC epoch: 2000-01-01 .. 2100-01-01.
 MIN_TS: Final = 946_684_800.0
@@ -63,7 +70,7 @@ class Event(msgspec.Struct, tag_field="type", gc=False):
     event_id: Text
     ts: Timestamp
     conversation_id: Text
-    schema_version: Literal[1]
+    schema_version: Literal[SCHEMA_VERSIONS]  # type: ignore[valid-type]
 
 
 class MessageSent(Event, tag="message_sent", gc=False):
@@ -98,13 +105,26 @@ class MemberBlocked(Event, tag="member_blocked", gc=False):
     platform: Literal[PLATFORMS]  # type: ignore[valid-type]
 
 
-EVENT_CLASSES: Final = (MessageSent, MessageRead, SpamReported, MemberBlocked)
+class InMailAnswered(Event, tag="inmail_answered", gc=False):
+    """A recipient's answer to an InMail (the conversation's first message) without
+    writing: LinkedIn's "Yes, interested" or "No thanks". Schema version 2."""
+
+    schema_version: Literal[2]
+    message_id: Text
+    responder_id: Text
+    answer: Literal[ANSWERS]  # type: ignore[valid-type]
+    platform: Literal[PLATFORMS]  # type: ignore[valid-type]
+
+
+EVENT_CLASSES: Final = (MessageSent, MessageRead, SpamReported, MemberBlocked, InMailAnswered)
 for _cls in EVENT_CLASSES:
     _cls.kind = _cls.__struct_config__.tag
 assert tuple(c.kind for c in EVENT_CLASSES) == EVENT_TYPES
 
 # One C pass decodes AND checks a good event against the contract above.
-_DECODER: Final = msgspec.json.Decoder(MessageSent | MessageRead | SpamReported | MemberBlocked)
+_DECODER: Final = msgspec.json.Decoder(
+    MessageSent | MessageRead | SpamReported | MemberBlocked | InMailAnswered
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +175,7 @@ def validate(event: Any) -> Rejection | None:
         return Rejection("missing_field", "schema_version")
     if type(version) is not int:
         return Rejection("wrong_type", "schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in SCHEMA_VERSIONS or version < SINCE_VERSION.get(event_type, 1):
         return Rejection("unsupported_schema_version", str(version)[:16])
     ts = event.get("ts")
     if ts is None:

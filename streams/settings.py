@@ -154,6 +154,12 @@ class Settings(BaseSettings):
         default=7 * 86_400, gt=0, description="Event-time seconds after its start that a "
         "conversation is remembered (a later reply is not a first reply).",
     )
+    inmail_response_horizon_seconds: float = Field(
+        default=30 * 86_400, gt=0, description="Event-time seconds an InMail has to be "
+        "answered (a reply, or accepted or declined) to count as responded: LinkedIn's "
+        "30 days. InMail conversations are remembered this long (or CONVERSATION_TTL_SECONDS "
+        "if longer).",
+    )
     dedup_horizon_seconds: float = Field(
         default=3_600, gt=0, description="Event-time seconds an event id is remembered; a "
         "repeat within it is rejected as duplicate_event_id.",

@@ -4,6 +4,13 @@ Pure code, no Kafka. The ingest stage feeds it the decoded, valid events of one 
 partition in offset order; it keeps each conversation's start (time, starter,
 recipient, channel, replied) to tell which message is the first reply and how long it
 took, and counts every accepted event into per-window partials.
+
+Cohorts: a conversation's first reply also counts in the cohort of the conversation's
+start (its hour), with its latency bucket, so that the owners can tell what share of an
+hour's or a day's conversations got an answer within 1 h, 24 h and 7 d. An InMail's
+first response (a reply, or an answer: "Yes, interested" / "No thanks") counts in the
+cohort of its send day, by the sender's type; InMail conversations are remembered for
+the InMail response horizon (30 days, LinkedIn's definition), longer than others.
 """
 
 from __future__ import annotations
@@ -14,11 +21,17 @@ from math import floor
 
 import msgspec
 
-from streams.events import Event, MessageSent
+from streams.events import Event, InMailAnswered, MessageSent
 from streams.partials import (
+    ANSWER,
     BLOCK,
+    COHORT_LATENCY_SUM_MS,
+    COHORT_REPLY,
+    COHORT_STARTED,
     EVENTS,
     FIRST_REPLY,
+    INMAIL_RESPONSE,
+    INMAIL_SENT,
     LATENCY_BUCKET,
     LATENCY_SUM_MS,
     READ,
@@ -45,6 +58,7 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
     channel: str
     starter_type: str
     replied: bool = False
+    responded: bool = False  # an InMail's first response: a reply or an answer
 
     def dumps(self) -> bytes:
         return _ENCODER.encode(self)
@@ -59,7 +73,8 @@ _CONVERSATION_DECODER = msgspec.json.Decoder(Conversation)
 
 
 # Per-sender activity counters, in this order (the risk stage's input).
-SENT_MESSAGES, REPORTS_RECEIVED, INMAILS_SENT, INMAIL_REPLIES = range(4)
+SENT_MESSAGES, REPORTS_RECEIVED, INMAILS_SENT = range(3)
+HOUR, DAY = 3600, 86_400  # cohorts: replies by the start's hour, InMail by its day
 
 
 @dataclass(slots=True)
@@ -71,6 +86,11 @@ class BatchWindows:
     touched: set[str] = field(default_factory=set)  # conversations whose state changed
     activity: dict[int, dict[str, list[int]]] = field(default_factory=dict)  # window, sender
     event_ids: list[tuple[str, float]] = field(default_factory=list)  # accepted, with ts
+    reply_cohorts: dict[int, Partial] = field(default_factory=dict)  # start's hour
+    inmail_cohorts: dict[int, Partial] = field(default_factory=dict)  # send day
+    # recruiter InMail responses, in the window of the response, by sender and the
+    # risk bucket of the InMail's send: the risk rule judges sent InMails' responses
+    inmail_responses: dict[int, dict[str, dict[int, int]]] = field(default_factory=dict)
 
     def sender_counts(self, start: int, sender: str) -> list[int]:
         window = self.activity.get(start)
@@ -78,7 +98,14 @@ class BatchWindows:
             window = self.activity[start] = {}
         counts = window.get(sender)
         if counts is None:
-            counts = window[sender] = [0, 0, 0, 0]
+            counts = window[sender] = [0, 0, 0]
+        return counts
+
+    def cohort(self, cohorts: dict[int, Partial], ts: float, size: int) -> Partial:
+        start = floor(ts / size) * size
+        counts = cohorts.get(start)
+        if counts is None:
+            counts = cohorts[start] = {}
         return counts
 
 
@@ -97,12 +124,19 @@ class PartitionCore:
     conversation_ttl: float = 7 * 86_400.0
     dedup_horizon: float = 3_600.0
     max_ahead: float = 86_400.0
-    conversations: dict[str, Conversation] = field(default_factory=dict)
+    inmail_horizon: float = 30 * 86_400.0  # an InMail's response counts this long after
+    inmail_bucket: int = 86_400  # the risk rule's InMail buckets
+    conversations: dict[str, Conversation] = field(default_factory=dict)  # by start
+    # InMail conversations past conversation_ttl but within inmail_ttl, also by start
+    inmail_conversations: dict[str, Conversation] = field(default_factory=dict)
     event_ids: dict[str, float] = field(default_factory=dict)  # id -> ts, oldest first
     clock: PartitionClock = field(init=False)
+    inmail_ttl: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.clock = PartitionClock(self.lateness)
+        # InMail conversations are remembered for the longer of the two
+        self.inmail_ttl = max(self.conversation_ttl, self.inmail_horizon)
 
     def admit(self, event: Event) -> str | None:
         """Checks that need this partition's state: a rejection reason, or None."""
@@ -115,17 +149,46 @@ class PartitionCore:
             return "duplicate_event_id"
         return None
 
+    def conversation(self, conversation_id: str) -> Conversation | None:
+        """A remembered conversation, whichever dict holds it (TTL not applied)."""
+        conversation = self.conversations.get(conversation_id)
+        if conversation is None and self.inmail_conversations:
+            conversation = self.inmail_conversations.get(conversation_id)
+        return conversation
+
+    def restored(self) -> None:
+        """After a restore from the changelog (in the order of its last writes, not of
+        the starts): put the conversations back in start order, for :meth:`expire`."""
+        everyone = {**self.conversations, **self.inmail_conversations}
+        self.inmail_conversations = {}
+        self.conversations = dict(sorted(everyone.items(), key=lambda kv: kv[1].started_at))
+
     def expire(self) -> tuple[list[str], list[str]]:
-        """Drop conversations and event ids past their horizon; return what was dropped."""
+        """Drop conversations and event ids past their horizon; return what was dropped.
+        An InMail conversation past the usual TTL moves to the longer-lived dict."""
         now = self.clock.max_ts
         dropped_conversations = []
-        oldest = now - self.conversation_ttl
+        oldest, oldest_inmail = now - self.conversation_ttl, now - self.inmail_ttl
+        moved = []
         for conversation_id, conversation in self.conversations.items():
             if conversation.started_at >= oldest:
                 break  # started in time order, so the rest are younger
-            dropped_conversations.append(conversation_id)
+            if conversation.channel == "inmail" and conversation.started_at >= oldest_inmail:
+                moved.append(conversation_id)
+            else:
+                dropped_conversations.append(conversation_id)
         for conversation_id in dropped_conversations:
             del self.conversations[conversation_id]
+        for conversation_id in moved:
+            self.inmail_conversations[conversation_id] = self.conversations.pop(conversation_id)
+        expired_inmail = []
+        for conversation_id, conversation in self.inmail_conversations.items():
+            if conversation.started_at >= oldest_inmail:
+                break
+            expired_inmail.append(conversation_id)
+        for conversation_id in expired_inmail:
+            del self.inmail_conversations[conversation_id]
+        dropped_conversations += expired_inmail
         dropped_ids = []
         oldest = now - self.dedup_horizon
         for event_id, ts in self.event_ids.items():
@@ -155,7 +218,11 @@ class PartitionCore:
         batch.event_ids.append((event_id, ts))
         conversation_id = event.conversation_id
         conversation = self.conversations.get(conversation_id)
-        if conversation is not None and conversation.started_at < ts - self.conversation_ttl:
+        if conversation is None and self.inmail_conversations:
+            conversation = self.inmail_conversations.get(conversation_id)
+        if conversation is not None and conversation.started_at < ts - (
+            self.inmail_ttl if conversation.channel == "inmail" else self.conversation_ttl
+        ):
             conversation = None  # past its TTL: forgotten, whether or not expire() ran
         counts: Partial | None = None
         if not late:
@@ -165,6 +232,8 @@ class PartitionCore:
         kind = event.kind
         if kind == "message_sent":
             self._add_message(event, ts, start, conversation, counts, batch)  # type: ignore[arg-type]
+        elif kind == "inmail_answered":
+            self._add_answer(event, ts, start, conversation, counts, batch)  # type: ignore[arg-type]
         elif counts is not None:
             if kind == "message_read":
                 key: Key = (READ, event.platform)  # type: ignore[attr-defined]
@@ -209,6 +278,14 @@ class PartitionCore:
                     ts, sender_id, event.recipient_id, channel, event.sender_type,
                 )
                 batch.touched.add(conversation_id)
+                if counts is not None:  # the conversation's cohorts: its start's hour, day
+                    cohort = batch.cohort(batch.reply_cohorts, ts, HOUR)
+                    key = (COHORT_STARTED, channel)
+                    cohort[key] = cohort.get(key, 0) + 1
+                    if channel == "inmail":
+                        cohort = batch.cohort(batch.inmail_cohorts, ts, DAY)
+                        key = (INMAIL_SENT, event.sender_type)
+                        cohort[key] = cohort.get(key, 0) + 1
         elif (
             conversation is not None
             and not conversation.replied
@@ -219,14 +296,58 @@ class PartitionCore:
             if counts is not None:
                 latency_ms = max(0, round((ts - conversation.started_at) * 1000))
                 channel = conversation.channel
+                bucket = str(latency_bucket(latency_ms))
                 for key, inc in (
                     ((FIRST_REPLY, channel), 1),
-                    ((LATENCY_BUCKET, channel, str(latency_bucket(latency_ms))), 1),
+                    ((LATENCY_BUCKET, channel, bucket), 1),
                     ((LATENCY_SUM_MS, channel), latency_ms),
                 ):
                     counts[key] = counts.get(key, 0) + inc
-                if channel == "inmail" and conversation.starter_type == "recruiter":
-                    batch.sender_counts(start, conversation.starter_id)[INMAIL_REPLIES] += 1
+                # the sum per bucket: a horizon's histogram (buckets up to it) is exact
+                cohort = batch.cohort(batch.reply_cohorts, conversation.started_at, HOUR)
+                for key, inc in (
+                    ((COHORT_REPLY, channel, bucket), 1),
+                    ((COHORT_LATENCY_SUM_MS, channel, bucket), latency_ms),
+                ):
+                    cohort[key] = cohort.get(key, 0) + inc
+            if conversation.channel == "inmail":
+                self._responded(conversation, "replied", ts, start, counts, batch)
+
+    def _add_answer(
+        self, event: InMailAnswered, ts: float, start: int, conversation: Conversation | None,
+        counts: Partial | None, batch: BatchWindows,
+    ) -> None:
+        if counts is not None:
+            key: Key = (ANSWER, event.answer)
+            counts[key] = counts.get(key, 0) + 1
+        if (
+            conversation is not None
+            and conversation.channel == "inmail"
+            and event.responder_id == conversation.recipient_id
+        ):
+            self._responded(conversation, event.answer, ts, start, counts, batch)
+            batch.touched.add(event.conversation_id)
+
+    def _responded(
+        self, conversation: Conversation, response: str, ts: float, start: int,
+        counts: Partial | None, batch: BatchWindows,
+    ) -> None:
+        """An InMail's first response (a reply, or an answer), counted in the cohort of
+        its send day if it came within the horizon; for the risk rule, a recruiter's, in
+        the bucket of its send."""
+        if conversation.responded:
+            return
+        conversation.responded = True
+        if counts is None or ts - conversation.started_at > self.inmail_horizon:
+            return
+        cohort = batch.cohort(batch.inmail_cohorts, conversation.started_at, DAY)
+        key = (INMAIL_RESPONSE, conversation.starter_type, response)
+        cohort[key] = cohort.get(key, 0) + 1
+        if conversation.starter_type == "recruiter":
+            bucket = floor(conversation.started_at / self.inmail_bucket) * self.inmail_bucket
+            window = batch.inmail_responses.setdefault(start, {})
+            by_bucket = window.setdefault(conversation.starter_id, {})
+            by_bucket[bucket] = by_bucket.get(bucket, 0) + 1
 
 
 def new_core(settings: Settings) -> PartitionCore:
@@ -234,4 +355,6 @@ def new_core(settings: Settings) -> PartitionCore:
         settings.window_seconds, settings.allowed_lateness_seconds,
         conversation_ttl=settings.conversation_ttl_seconds,
         dedup_horizon=settings.dedup_horizon_seconds, max_ahead=settings.max_ahead_seconds,
+        inmail_horizon=settings.inmail_response_horizon_seconds,
+        inmail_bucket=settings.risk_inmail_bucket_seconds,
     )

@@ -12,7 +12,7 @@ from typing import Any
 from streams import distinct
 from streams.ingest.conversations import BatchWindows
 from streams.kafka.io import KeyPartitions, partition_for
-from streams.partials import GLOBAL_SEGMENT, encode, split_by_segment
+from streams.partials import GLOBAL_SEGMENT, Partial, encode, split_by_segment
 from streams.windows import PartitionClock, finite_or_none
 
 Record = dict[str, Any]
@@ -27,16 +27,32 @@ def _sender_partitions(activity_partitions: int) -> KeyPartitions:
 def partial_records(
     source: int, last_offset: int, batch: BatchWindows, partials_partitions: int
 ) -> list[tuple[int, bytes, Record]]:
-    """``(partials partition, key, record)``: one record per segment, keyed by segment."""
-    by_segment: dict[str, dict[str, dict[str, int]]] = {}
+    """``(partials partition, key, record)``: one record per segment, keyed by segment.
+
+    Besides the minute windows' counts, a record carries the segment's cohort counts:
+    ``cohorts["hour"]`` by the hour of the conversations' start (replies), and
+    ``cohorts["day"]`` by the day of the InMails' send (responses).
+    """
+    by_segment: dict[str, Record] = {}
+
+    def put(start: int, counts: Partial, resolution: str | None = None) -> None:
+        for segment, share in split_by_segment(counts).items():
+            record = by_segment.setdefault(segment, {"windows": {}})
+            target = record["windows"] if resolution is None else (
+                record.setdefault("cohorts", {}).setdefault(resolution, {})
+            )
+            target[str(start)] = encode(share)
+
     for start, counts in batch.counts.items():
-        for segment, part in split_by_segment(counts).items():
-            by_segment.setdefault(segment, {})[str(start)] = encode(part)
+        put(start, counts)
+    for resolution, cohorts in (("hour", batch.reply_cohorts), ("day", batch.inmail_cohorts)):
+        for start, counts in cohorts.items():
+            put(start, counts, resolution)
     out = []
-    for segment, segment_windows in by_segment.items():
+    for segment, parts in by_segment.items():
         record: Record = {
-            "kind": "partial", "segment": segment, "source": source,
-            "offset": last_offset, "windows": segment_windows,
+            "kind": "partial", "segment": segment, "source": source, "offset": last_offset,
+            **parts,
         }
         if segment == GLOBAL_SEGMENT and batch.senders:
             record["senders"] = {
@@ -51,7 +67,8 @@ def partial_records(
 def activity_records(
     source: int, last_offset: int, batch: BatchWindows, activity_partitions: int
 ) -> list[tuple[int, Record]]:
-    """Per-sender activity, one record per activity partition: repartitioned by sender."""
+    """Per-sender activity, one record per activity partition: repartitioned by sender.
+    Recruiters' InMail responses travel with it, by the window they came in."""
     partition_of = _sender_partitions(activity_partitions)
     targets: dict[int, dict[str, dict[str, list[int]]]] = {}
     for start, senders in batch.activity.items():
@@ -65,11 +82,20 @@ def activity_records(
             if by_window is None:
                 by_window = target[window] = {}
             by_window[sender] = counts
-    return [
-        (target, {"kind": "activity", "source": source, "offset": last_offset,
-                  "windows": windows})
+    records = {
+        target: {"kind": "activity", "source": source, "offset": last_offset,
+                 "windows": windows}
         for target, windows in targets.items()
-    ]
+    }
+    for start, senders in batch.inmail_responses.items():
+        for sender, buckets in senders.items():
+            partition = partition_of(sender)
+            record = records.setdefault(partition, {
+                "kind": "activity", "source": source, "offset": last_offset, "windows": {},
+            })
+            responses = record.setdefault("inmail_responses", {}).setdefault(str(start), {})
+            responses[sender] = {str(b): n for b, n in buckets.items()}
+    return list(records.items())
 
 
 def mark_record(source: int, sources: int, clock: PartitionClock) -> Record:

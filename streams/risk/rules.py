@@ -6,10 +6,12 @@ window and, when the watermark closes a window, applies the rules:
 
 - ``velocity``: at least ``velocity_messages`` messages sent in the window;
 - ``spam_reports``: at least ``spam_reports`` spam reports received in the window;
-- ``inmail_response``: a recruiter who sent InMail in the window and whose InMails over
-  the horizon (``inmail_horizon`` seconds, kept in buckets) number at least
-  ``inmail_min_sent`` with a response rate below ``inmail_min_response_rate``. A reply
-  counts in the bucket of the reply, so near the horizon's edge the rate is approximate.
+- ``inmail_response``: a recruiter who sent InMail in the window and whose InMails sent
+  over the horizon (``inmail_horizon`` seconds, kept in buckets) number at least
+  ``inmail_min_sent`` with a response rate below ``inmail_min_response_rate``: LinkedIn's
+  InMail response rate, InMails answered (a reply, or accepted or declined) over
+  InMails sent. A response counts in the bucket of its InMail's send, once the window
+  it came in closes, so live and replay agree.
 
 Each flag is emitted once per rule, sender and window, with its evidence; the window's
 counts of flagged senders by rule feed the ``messaging_flagged_senders`` gauge.
@@ -25,12 +27,7 @@ from typing import Any
 import orjson
 
 from streams.catalogue import RISK_RULES
-from streams.ingest.conversations import (
-    INMAIL_REPLIES,
-    INMAILS_SENT,
-    REPORTS_RECEIVED,
-    SENT_MESSAGES,
-)
+from streams.ingest.conversations import INMAILS_SENT, REPORTS_RECEIVED, SENT_MESSAGES
 from streams.partials import FLAGGED, Partial
 from streams.settings import Settings
 from streams.windows import GlobalWatermark
@@ -76,6 +73,8 @@ class RiskState:
     rules: RiskRules
     windows: dict[int, dict[str, list[int]]] = field(default_factory=dict)
     inmail: dict[str, dict[int, list[int]]] = field(default_factory=dict)  # sender, bucket
+    # recruiter InMail responses by the window they came in, sender, send bucket
+    responses: dict[int, dict[str, dict[int, int]]] = field(default_factory=dict)
     watermark: GlobalWatermark = field(init=False)
     recent: dict[int, Partial] = field(default_factory=dict)
     late_events: int = 0
@@ -86,12 +85,25 @@ class RiskState:
     def apply(self, record: dict[str, Any]) -> list[Flag]:
         if record["kind"] == "activity":
             self._add_activity(record["windows"])
+            self._add_responses(record.get("inmail_responses", {}))
             return []
         value = self.watermark.apply_mark(record)
         flags: list[Flag] = []
-        for start in sorted(s for s in self.windows if s + self.window_size <= value):
+        closing = {s for s in (*self.windows, *self.responses) if s + self.window_size <= value}
+        for start in sorted(closing):
             flags.extend(self._close(start))
         return flags
+
+    def _add_responses(self, windows: dict[str, dict[str, dict[str, int]]]) -> None:
+        for start_text, senders in windows.items():
+            start = int(start_text)
+            if start + self.window_size <= self.watermark.value:
+                continue  # closed already: the events are counted late with the window's
+            window = self.responses.setdefault(start, {})
+            for sender, buckets in senders.items():
+                mine = window.setdefault(sender, {})
+                for bucket, count in buckets.items():
+                    mine[int(bucket)] = mine.get(int(bucket), 0) + count
 
     def _add_activity(self, windows: dict[str, dict[str, list[int]]]) -> None:
         for start_text, senders in windows.items():
@@ -114,7 +126,11 @@ class RiskState:
         (velocity and spam-report flags by sender, then InMail flags by sender) without
         sorting the window's tens of thousands of senders: only the flags are sorted."""
         rules, end = self.rules, start + self.window_size
-        senders = self.windows.pop(start)
+        senders = self.windows.pop(start, {})
+        for sender, buckets in self.responses.pop(start, {}).items():
+            mine = self.inmail.setdefault(sender, {})
+            for bucket, count in buckets.items():
+                mine.setdefault(bucket, [0, 0])[1] += count
         flags: list[Flag] = []
         inmail_senders = []
         bucket = math.floor(start / rules.inmail_bucket) * rules.inmail_bucket
@@ -126,13 +142,10 @@ class RiskState:
             if counts[REPORTS_RECEIVED] >= spam_reports:
                 flags.append(Flag("spam_reports", sender, start, end,
                                   {"reports_received": counts[REPORTS_RECEIVED]}))
-            if counts[INMAILS_SENT] or counts[INMAIL_REPLIES]:
+            if counts[INMAILS_SENT]:
                 buckets = self.inmail.setdefault(sender, {})
-                totals = buckets.setdefault(bucket, [0, 0])
-                totals[0] += counts[INMAILS_SENT]
-                totals[1] += counts[INMAIL_REPLIES]
-                if counts[INMAILS_SENT]:
-                    inmail_senders.append(sender)
+                buckets.setdefault(bucket, [0, 0])[0] += counts[INMAILS_SENT]
+                inmail_senders.append(sender)
         flags.sort(key=attrgetter("sender_id"))  # stable: a sender's velocity flag stays first
         self._expire_inmail(end)
         for sender in sorted(inmail_senders):
@@ -160,18 +173,23 @@ class RiskState:
         rules = self.rules
         buckets = self.inmail.get(sender, {})
         sent = sum(b[0] for b in buckets.values())
-        replies = sum(b[1] for b in buckets.values())
-        if sent < rules.inmail_min_sent or replies / sent >= rules.inmail_min_response_rate:
+        responses = sum(b[1] for b in buckets.values())
+        if sent < rules.inmail_min_sent or responses / sent >= rules.inmail_min_response_rate:
             return None
         return Flag("inmail_response", sender, start, end, {
-            "inmails": sent, "replies": replies, "response_rate": round(replies / sent, 4),
-            "horizon_seconds": rules.inmail_horizon,
+            "inmails": sent, "responses": responses,
+            "response_rate": round(responses / sent, 4), "horizon_seconds": rules.inmail_horizon,
         })
 
     # --- persistence: one snapshot per partition ----------------------------------------
     def dumps(self) -> bytes:
         return orjson.dumps({
             "windows": {str(s): senders for s, senders in self.windows.items()},
+            "responses": {
+                str(s): {sender: {str(b): n for b, n in buckets.items()}
+                         for sender, buckets in senders.items()}
+                for s, senders in self.responses.items()
+            },
             "inmail": {
                 sender: {str(b): v for b, v in buckets.items()}
                 for sender, buckets in self.inmail.items()
@@ -184,6 +202,11 @@ class RiskState:
     def restore(self, raw: bytes) -> None:
         data = orjson.loads(raw)
         self.windows = {int(s): senders for s, senders in data["windows"].items()}
+        self.responses = {
+            int(s): {sender: {int(b): n for b, n in buckets.items()}
+                     for sender, buckets in senders.items()}
+            for s, senders in data.get("responses", {}).items()
+        }
         self.inmail = {
             sender: {int(b): v for b, v in buckets.items()}
             for sender, buckets in data["inmail"].items()

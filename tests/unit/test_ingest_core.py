@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import msgspec
+import pytest
 
 from streams.events import Event, MessageSent, SpamReported
 from streams.ingest.conversations import BatchWindows, Conversation, PartitionCore
@@ -113,12 +114,17 @@ def test_timestamps_far_ahead_of_the_partition_are_rejected() -> None:
     assert core.admit(sent(T0 + 3601, "a", "b", False)) == "timestamp_too_far_ahead"
 
 
-def test_conversations_expire_after_their_ttl_and_replies_then_do_not_count() -> None:
-    core = PartitionCore(window_size=60, lateness=30, conversation_ttl=3600)
+@pytest.mark.parametrize(("channel", "ttl"), [("connection", 3600), ("inmail", 7200)])
+def test_conversations_expire_after_their_ttl_and_replies_then_do_not_count(
+    channel: str, ttl: int
+) -> None:
+    """InMail conversations are remembered for the InMail response horizon instead."""
+    core = PartitionCore(window_size=60, lateness=30, conversation_ttl=3600, inmail_horizon=7200)
     batch = BatchWindows()
-    core.add(sent(T0, "a", "b", True), batch)
-    core.add(sent(T0 + 1800, "x", "y", True, cid="c-2"), batch)
-    core.add(sent(T0 + 3601, "b", "a", False), batch)  # a reply, but c-1 is past its TTL
-    assert all(("first_reply", "inmail") not in counts for counts in batch.counts.values())
+    core.add(sent(T0, "a", "b", True, channel=channel), batch)
+    core.add(sent(T0 + ttl - 1800, "x", "y", True, channel=channel, cid="c-2"), batch)
+    core.add(sent(T0 + ttl + 1, "b", "a", False, channel=channel), batch)  # c-1: past its TTL
+    assert all(("first_reply", channel) not in counts for counts in batch.counts.values())
     dropped, _ = core.expire()
-    assert dropped == ["c-1"] and list(core.conversations) == ["c-2"]
+    assert dropped == ["c-1"] and core.conversation("c-2") is not None
+    assert core.conversation("c-1") is None

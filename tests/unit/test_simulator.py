@@ -55,6 +55,10 @@ PER_TYPE: dict[str, dict[str, Any]] = {
         "platform": PLATFORMS,
     },
     "member_blocked": {"blocker_id": str, "blocked_id": str, "platform": PLATFORMS},
+    "inmail_answered": {
+        "message_id": str, "responder_id": str, "answer": ("accepted", "declined"),
+        "platform": PLATFORMS,
+    },
 }
 
 
@@ -88,7 +92,7 @@ def check_event(event: dict[str, Any]) -> None:
             assert value in expected, (name, event)
         else:
             assert type(value) is expected, (name, event)
-    assert event["schema_version"] == 1
+    assert event["schema_version"] == 2  # the InMail answer is new in version 2
     assert math.isfinite(event["ts"])
 
 

@@ -44,7 +44,7 @@ CASES = [
     ("missing_field", without(SENT, "schema_version"), "schema_version"),
     ("wrong_type", {**SENT, "schema_version": "1"}, "schema_version"),
     ("wrong_type", {**SENT, "schema_version": True}, "schema_version"),
-    ("unsupported_schema_version", {**SENT, "schema_version": 2}, "2"),
+    ("unsupported_schema_version", {**SENT, "schema_version": 3}, "3"),
     ("missing_field", without(SENT, "ts"), "ts"),
     ("wrong_type", {**SENT, "ts": "2026-01-01"}, "ts"),
     ("wrong_type", {**SENT, "ts": True}, "ts"),

@@ -20,8 +20,10 @@ import orjson
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from streams.aggregate.closed import ClosedWindow
 from streams.aggregate.exposition import WindowCollector, WindowOwner
 from streams.aggregate.owner import OwnerState
+from streams.catalogue import PERIODS
 from streams.ingest.processes import IngestProcesses
 from streams.ingest.stage import IngestStage
 from streams.kafka import faust_transport
@@ -33,8 +35,10 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def _state_key(partition: int) -> bytes:
-    return f"p{partition}".encode()
+def _state_key(partition: int, part: str = "") -> bytes:
+    """``p3`` for an owner's state, ``p3:days`` for its closed days' sender sketches."""
+    return f"p{partition}:{part}".encode() if part else f"p{partition}".encode()
+
 
 
 _CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
@@ -138,14 +142,23 @@ class Worker:
                 # "closed" can reach its topic: a crash in between then publishes the
                 # same windows again (identical records), instead of losing them.
                 sent = [
-                    await self.metrics_out.send(
-                        key=str(window.start).encode(), value=orjson.dumps(window.record())
-                    )
-                    for window in closed
+                    await self.metrics_out.send(key=item.key, value=orjson.dumps(item.record()))
+                    for item in closed
                 ]
-                for window, delivery in zip(closed, sent, strict=True):
+                for item, delivery in zip(closed, sent, strict=True):
                     await delivery
-                    log.info("closed window %d (owner %d)", window.start, partition)
+                    if isinstance(item, ClosedWindow):
+                        log.info("closed %s %d (owner %d)", PERIODS[item.resolution],
+                                 item.start, partition)
+                closed_a_day = any(
+                    isinstance(w, ClosedWindow) and w.resolution == "day" for w in closed
+                )
+                if closed_a_day and state.rollups.days:
+                    # the trailing days' sketches change once a day: a record of their own
+                    await (await self.state_out.send(
+                        key=_state_key(partition, "days"),
+                        value=orjson.dumps(state.rollups.history_json()), partition=partition,
+                    ))
             # In Kafka before this event is acknowledged, so before Faust can commit
             # past it: a restarted owner resumes from a state at or ahead of the
             # committed offset, and the applied-offset marks skip what it has seen.
@@ -155,18 +168,23 @@ class Worker:
 
     async def _owner_state(self, partition: int) -> OwnerState:
         """The agent's live state of an owned partition: from memory, else the newest
-        record of its state topic (the agent only meets a partition Faust assigned)."""
+        records of its state topic (the agent only meets a partition Faust assigned)."""
         state = self._states.get(partition)
         if state is None:
-            last: list[bytes | None] = [None]
+            newest: dict[bytes | None, bytes | None] = {}
             records = await read_partitions(
                 self.settings.kafka_client_options(), self.settings.aggregate_state_topic,
-                [partition], lambda _, message: last.__setitem__(0, message.value),
+                [partition], lambda _, message: newest.__setitem__(message.key, message.value),
             )
+            raw = newest.get(_state_key(partition))
             state = (
-                OwnerState.loads(last[0]) if last[0]
-                else OwnerState(partition, self.settings.window_seconds)
+                OwnerState.loads(raw) if raw
+                else OwnerState(partition, self.settings.window_seconds,
+                                 self.settings.inmail_response_horizon_seconds)
             )
+            history = newest.get(_state_key(partition, "days"))
+            if history:
+                state.rollups.restore_history(orjson.loads(history))
             self._states[partition] = state
             log.info("aggregate restored partition %d (%d state records read)", partition,
                      records)

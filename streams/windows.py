@@ -134,9 +134,14 @@ class GlobalWatermark:
     @property
     def last_closed_start(self) -> int | None:
         """Start of the newest window whose end is at or below the watermark."""
+        return self.last_closed(self.window_size)
+
+    def last_closed(self, size: int) -> int | None:
+        """Start of the newest window of ``size`` seconds (a minute, an hour, a day)
+        whose end is at or below the watermark."""
         if self.value == -math.inf:
             return None
-        return math.floor(self.value / self.window_size) * self.window_size - self.window_size
+        return math.floor(self.value / size) * size - size
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -71,12 +71,16 @@ def samples_of(sample_list: list[list[Any]]) -> Samples:
     return {(name, frozenset(labels.items())): value for name, labels, value in sample_list}
 
 
-def sum_owners(window_records: list[dict[str, Any]]) -> Samples:
-    """One window's samples summed over its owners' records (window end taken once)."""
+def sum_owners(
+    window_records: list[dict[str, Any]], timestamps: tuple[str, ...] = ("window_end",)
+) -> Samples:
+    """One window's samples summed over its owners' records; its timestamps (a window's
+    end, a cohort's start: every sample whose name holds one of ``timestamps``) are the
+    same in every record and taken once."""
     total: Counter[reference.SampleKey] = Counter()
     for record in window_records:
         for key, value in samples_of(record["samples"]).items():
-            if key[0] == "messaging_window_end_timestamp_seconds":
+            if any(part in key[0] for part in timestamps):
                 total[key] = value
             else:
                 total[key] += value
@@ -118,20 +122,7 @@ def closed_windows(
     """
 
     def published() -> dict[int, list[Any]]:
-        by_window: dict[int, list[Any]] = defaultdict(list)
-        for message in read_topic(settings, settings.metrics_topic):
-            record = orjson.loads(message.value)
-            by_window[record["window_start"]].append(record)
-        unique = {}
-        for start, records in by_window.items():
-            by_owner: dict[int, Any] = {}
-            for record in records:
-                previous = by_owner.setdefault(record["owner"], record)
-                if previous is not record:
-                    assert crashed, f"window {start} published twice by owner {record['owner']}"
-                    assert previous == record, f"window {start} published twice, differently"
-            unique[start] = list(by_owner.values())
-        return unique
+        return published_windows(settings, "minute", crashed)
 
     def complete() -> dict[int, list[Any]] | None:
         unique = published()
@@ -145,8 +136,80 @@ def closed_windows(
         raise
 
 
+CohortKey = tuple[str, str, str, int]  # kind, resolution, horizon, cohort start
+
+
+def published_cohorts(settings: Settings, crashed: bool = False) -> dict[CohortKey, Samples]:
+    """Every cohort final on the metrics topic, its owners' samples summed. An owner
+    that publishes a final twice (after a crash) must publish it identically."""
+    by_owner: dict[tuple[CohortKey, int], Any] = {}
+    for message in read_topic(settings, settings.metrics_topic):
+        record = orjson.loads(message.value)
+        if record.get("kind") != "cohort":
+            continue
+        key = (record["cohort"], record["resolution"], record["horizon"], record["cohort_start"])
+        previous = by_owner.setdefault((key, record["owner"]), record)
+        if previous is not record:
+            assert crashed, f"cohort final {key} published twice by owner {record['owner']}"
+            assert previous == record, f"cohort final {key} changed after it was published"
+    totals: dict[CohortKey, list[Any]] = defaultdict(list)
+    for (key, _), record in by_owner.items():
+        totals[key].append(record)
+    return {key: sum_owners(records, timestamps=("start_timestamp",)) for key, records in totals.items()}
+
+
+def expected_cohorts(
+    partitions: dict[int, list[Any]], watermark: float, response_horizon: float
+) -> dict[CohortKey, Samples]:
+    """The cohort finals the recount says are due once the watermark is ``watermark``."""
+    hours, days = reference.recount_cohorts(partitions, response_horizon)
+    out: dict[CohortKey, Samples] = {}
+    for horizon, seconds in reference.HORIZONS.items():
+        for start, tallies in hours.items():
+            if start + 3600 + seconds <= watermark:
+                out[("reply", "hour", horizon, start)] = reference.cohort_samples(
+                    tallies, "hour", horizon, start)
+        for day in {math.floor(s / 86_400) * 86_400 for s in hours}:
+            if day + 86_400 + seconds <= watermark:
+                out[("reply", "day", horizon, day)] = reference.cohort_samples(
+                    reference.merge_hours(hours, day), "day", horizon, day)
+    name = f"{response_horizon / 86_400:g}d" if response_horizon >= 86_400 else (
+        f"{response_horizon / 3600:g}h")
+    for day, tallies in days.items():
+        if day + 86_400 + response_horizon <= watermark:
+            out[("inmail", "day", name, day)] = reference.inmail_cohort_samples(tallies, day)
+    return out
+
+
+def published_windows(
+    settings: Settings, resolution: str, crashed: bool = False
+) -> dict[int, list[Any]]:
+    """The closed windows of one resolution on the metrics topic: records by window
+    start, one per owner. A window published twice by an owner (after a crash, the topic
+    being at-least-once) must be identical; without a crash it must not happen."""
+    by_window: dict[int, list[Any]] = defaultdict(list)
+    for message in read_topic(settings, settings.metrics_topic):
+        record = orjson.loads(message.value)
+        if (record.get("kind", "window"), record.get("resolution", "minute")) == (
+            "window", resolution
+        ):
+            by_window[record["window_start"]].append(record)
+    unique = {}
+    for start, records in by_window.items():
+        by_owner: dict[int, Any] = {}
+        for record in records:
+            previous = by_owner.setdefault(record["owner"], record)
+            if previous is not record:
+                what = f"{resolution} {start}"
+                assert crashed, f"{what} published twice by owner {record['owner']}"
+                assert previous == record, f"{what} published twice, differently"
+        unique[start] = list(by_owner.values())
+    return unique
+
+
 def window_differences(
-    by_window: dict[int, Any], tallies: dict[int, Any], window: int
+    by_window: dict[int, Any], tallies: dict[int, Any], window: int,
+    resolution: str = "minute",
 ) -> dict[Any, Any]:
     """What differs between the published windows and the recount (empty: nothing)."""
     if set(by_window) != set(tallies):
@@ -154,13 +217,33 @@ def window_differences(
     out = {}
     for start, records in sorted(by_window.items()):
         total = sum_owners(records)
-        expected = reference.samples(tallies[start], start + window)
+        trailing = reference.trailing_senders(tallies, start) if resolution == "day" else None
+        expected = reference.samples(tallies[start], start + window, resolution, trailing)
         differing = {
             k: (total.get(k), expected.get(k))
             for k in set(expected) | set(total) if total.get(k) != expected.get(k)
         }
         if differing:
             out[start] = differing
+    return out
+
+
+def rollup_differences(
+    settings: Settings, partitions: dict[int, list[Any]], minute_tallies: dict[int, Any],
+    crashed: bool = False,
+) -> dict[str, Any]:
+    """Every hour and day the watermark has passed, published and equal to the recount
+    (at the end of a run every source is idle: the watermark is the end of the newest
+    minute window). Empty: nothing differs."""
+    watermark = max(minute_tallies) + settings.window_seconds
+    out = {}
+    for resolution, size in (("hour", 3600), ("day", 86_400)):
+        tallies = reference.recount(partitions, size)
+        closed = {start: t for start, t in tallies.items() if start + size <= watermark}
+        published = published_windows(settings, resolution, crashed)
+        differences = window_differences(published, closed, size, resolution)
+        if differences:
+            out[resolution] = differences
     return out
 
 
@@ -199,8 +282,9 @@ def last_window_gauges(workers: list[WorkerProcess], window_end: float) -> Sampl
 
 def assert_labels_are_enumerations(scraped: Samples) -> None:
     """No ids, no free text: every label value on /metrics is from a known enumeration."""
-    from streams.catalogue import RISK_RULES
+    from streams.catalogue import RESPONSES, RISK_RULES
     from streams.events import (
+        ANSWERS,
         CHANNELS,
         CONTENT_TYPES,
         ENTRY_POINTS,
@@ -217,6 +301,8 @@ def assert_labels_are_enumerations(scraped: Samples) -> None:
         "entry_point": set(ENTRY_POINTS), "type": set(EVENT_TYPES),
         "reason": {*SPAM_REASONS, *REJECTION_REASONS, *RISK_RULES},
         "stage": {"ingest", "aggregate", "risk"},
+        "answer": set(ANSWERS), "response": set(RESPONSES), "resolution": {"hour", "day"},
+        "horizon": {"1h", "24h", "7d"},
     }
     for name, labels in scraped:
         for label, value in labels:

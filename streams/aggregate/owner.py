@@ -18,7 +18,9 @@ from typing import Any
 import orjson
 
 from streams import distinct
-from streams.catalogue import FLAGGED_SENDERS, window_samples
+from streams.aggregate.closed import ClosedWindow
+from streams.aggregate.cohorts import CohortFinal, Cohorts
+from streams.aggregate.rollups import Rollups
 from streams.partials import (
     ACTIVE_SENDERS,
     EVENTS,
@@ -34,43 +36,31 @@ from streams.windows import GlobalWatermark
 RECENT_WINDOWS = 5  # closed windows kept for /metrics (a scrape may trail a close)
 
 
-@dataclass(frozen=True, slots=True)
-class ClosedWindow:
-    owner: int
-    start: int
-    end: int
-    segments: dict[str, Partial]
-
-    def record(self) -> dict[str, Any]:
-        """The ``messaging.metrics`` record: all segments and all metrics of the window."""
-        total = merged(self.segments.values())
-        return {
-            "owner": self.owner,
-            "window_start": self.start,
-            "window_end": self.end,
-            "segments": sorted(self.segments),
-            # flagged senders are the risk stage's: they have their own topic
-            "samples": [s for s in window_samples(total, self.end) if s[0] != FLAGGED_SENDERS],
-        }
+Published = ClosedWindow | CohortFinal  # what closing on a mark yields
+INMAIL_HORIZON = 30 * 86_400  # LinkedIn's: the setting INMAIL_RESPONSE_HORIZON_SECONDS
 
 
 @dataclass(slots=True)
 class OwnerState:
     owner: int
     window_size: int
+    inmail_horizon: float = INMAIL_HORIZON
     windows: dict[int, dict[str, Partial]] = field(default_factory=dict)
     applied: dict[str, int] = field(default_factory=dict)
     watermark: GlobalWatermark = field(init=False)
     senders: dict[int, bytes] = field(default_factory=dict)  # window -> merged sketch
     recent: dict[int, Partial] = field(default_factory=dict)
+    rollups: Rollups = field(default_factory=Rollups)
+    cohorts: Cohorts = field(init=False)
     late_events: int = 0
     duplicates: int = 0
 
     def __post_init__(self) -> None:
         self.watermark = GlobalWatermark(self.window_size)
+        self.cohorts = Cohorts(self.inmail_horizon)
 
     # --- records -------------------------------------------------------------------
-    def apply(self, record: dict[str, Any]) -> list[ClosedWindow]:
+    def apply(self, record: dict[str, Any]) -> list[Published]:
         if record["kind"] == "partial":
             self.apply_partial(record)
             return []
@@ -84,6 +74,8 @@ class OwnerState:
             return
         self.applied[mark] = offset
         segment = record["segment"]
+        if "cohorts" in record:
+            self.cohorts.add(record["cohorts"])
         for start_text, data in record["windows"].items():
             start = int(start_text)
             counts = decode(data)
@@ -101,7 +93,8 @@ class OwnerState:
                     [incoming] if previous is None else [previous, incoming]
                 )
 
-    def apply_mark(self, record: dict[str, Any]) -> list[ClosedWindow]:
+    def apply_mark(self, record: dict[str, Any]) -> list[Published]:
+        before = self.watermark.value
         value = self.watermark.apply_mark(record)
         closing = sorted(start for start in self.windows if start + self.window_size <= value)
         closed = []
@@ -113,10 +106,15 @@ class OwnerState:
                 everyone[(ACTIVE_SENDERS,)] = distinct.estimate(sketch)
             closed.append(ClosedWindow(self.owner, start, start + self.window_size, segments))
             self.recent[start] = merged(segments.values())
+            self.rollups.add(start, segments, sketch)
         if closing and len(self.recent) > RECENT_WINDOWS:
             for start in sorted(self.recent)[: len(self.recent) - RECENT_WINDOWS]:
                 del self.recent[start]
-        return closed
+        # hours and days: also when no minute closed (a quiet end of an hour)
+        published: list[Published] = [*closed, *self.rollups.close(self.owner, value)]
+        if value > before:
+            published.extend(self.cohorts.close(self.owner, before, value))
+        return published
 
     # --- persistence (one table value) ------------------------------------------------
     def dumps(self) -> bytes:
@@ -139,13 +137,17 @@ class OwnerState:
             "applied": self.applied,
             "watermark": self.watermark.to_json(),
             "recent": {str(s): encode(p) for s, p in self.recent.items()},
+            "rollups": self.rollups.to_json(),
+            "inmail_horizon": self.inmail_horizon,
+            "cohorts": self.cohorts.to_json(),
             "late_events": self.late_events,
             "duplicates": self.duplicates,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OwnerState:
-        state = cls(data["owner"], data["window_size"])
+        state = cls(data["owner"], data["window_size"],
+                    data.get("inmail_horizon", INMAIL_HORIZON))
         state.windows = {
             int(s): {seg: decode(p) for seg, p in segs.items()}
             for s, segs in data["windows"].items()
@@ -154,6 +156,10 @@ class OwnerState:
         state.applied = data["applied"]
         state.watermark = GlobalWatermark.from_json(state.window_size, data["watermark"])
         state.recent = {int(s): decode(p) for s, p in data["recent"].items()}
+        if "rollups" in data:  # a state written before rollups has none open
+            state.rollups = Rollups.from_json(data["rollups"])
+        if "cohorts" in data:
+            state.cohorts = Cohorts.from_json(data["cohorts"], state.inmail_horizon)
         state.late_events = data["late_events"]
         state.duplicates = data["duplicates"]
         return state

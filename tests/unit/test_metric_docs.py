@@ -20,8 +20,20 @@ GAUGE_HISTOGRAM_SUFFIXES = ("_bucket", "_gsum", "_gcount")
 
 
 def window_gauge_names() -> set[str]:
-    names = {entry[0] for entry in catalogue.COUNT_GAUGES}
-    return names | {catalogue.LATENCY, catalogue.WINDOW_END, catalogue.ACTIVE_SENDERS}
+    """Every product gauge: minute windows, their hour and day rollups, the trailing
+    actives, and the cohorts' (final and provisional)."""
+    minute = {entry[0] for entry in catalogue.COUNT_GAUGES}
+    minute |= {catalogue.LATENCY, catalogue.WINDOW_END, catalogue.ACTIVE_SENDERS}
+    rollups = {
+        catalogue.named(name, resolution) for name in minute - {catalogue.FLAGGED_SENDERS}
+        for resolution in ("hour", "day")
+    }
+    trailing = {name for name, _ in catalogue.TRAILING_ACTIVE}
+    cohorts = {
+        family.name for status in catalogue.COHORT_STATUSES
+        for family in catalogue.cohort_families(status, [])
+    }
+    return minute | rollups | trailing | cohorts
 
 
 def pipeline_names() -> tuple[set[str], set[str]]:
@@ -53,9 +65,10 @@ def test_every_metric_and_rule_is_documented() -> None:
 def test_no_stale_names_in_the_doc() -> None:
     gauges = window_gauge_names()
     documented_pipeline, pipeline_samples = pipeline_names()
+    histograms = {name for name in gauges if name.endswith("latency_seconds")}
     known = (
         gauges
-        | {catalogue.LATENCY + suffix for suffix in GAUGE_HISTOGRAM_SUFFIXES}
+        | {name + suffix for name in histograms for suffix in GAUGE_HISTOGRAM_SUFFIXES}
         | documented_pipeline
         | pipeline_samples
         | set(recording_rule_names())

@@ -32,6 +32,7 @@ SCHEMA_VERSION = 39  # Grafana 11.0; newer 11.x migrate it on load
 # InMail response and p95 latency alert relative to the day before, so they have no line.
 DRAWN_THRESHOLDS = (
     "spam_reports_per_1k_warning", "spam_reports_per_1k_critical", "consumer_lag_high_messages",
+    "inmail_response_policy_min",
 )
 # panel title -> the thresholds its steps are drawn at, in step order
 THRESHOLD_PANELS: dict[str, tuple[str, ...]] = {
@@ -40,6 +41,7 @@ THRESHOLD_PANELS: dict[str, tuple[str, ...]] = {
     "Spam reports per 1k messages by channel": (
         "spam_reports_per_1k_warning", "spam_reports_per_1k_critical"),
     "Consumer lag": ("consumer_lag_high_messages",),
+    "30-day InMail response rate (recruiters)": ("inmail_response_policy_min",),
 }
 # values of Grafana's built-in variables when a query is evaluated outside Grafana
 BUILTIN_VARIABLES = {
@@ -126,6 +128,65 @@ def series(title: str, description: str, targets: Sequence[Target], unit: str = 
 def _right_axis(ref_id: str, unit: str) -> dict[str, Any]:
     return {"matcher": {"id": "byFrameRefID", "options": ref_id}, "properties": [
         {"id": "custom.axisPlacement", "value": "right"}, {"id": "unit", "value": unit}]}
+
+
+DAY_NOTE = (" Day gauge: the last closed event-time day (a rollup of its minute windows),"
+            " all platforms and channels.")
+FINAL_DAY = 'resolution="day", horizon="24h"'
+
+
+def product(t: Mapping[str, float]) -> list[dict[str, Any]]:
+    """What a product team reads first: people and cohorts over days."""
+    return [
+        stat("Daily active senders", "Distinct senders of the last closed day (DAU, a CPC "
+             "sketch of the day's senders, not a sum of minutes)." + DAY_NOTE,
+             [("messaging:daily_active_senders:count", "DAU")]),
+        stat("Weekly active senders", "Distinct senders of the 7 days ending with the last "
+             "closed day (WAU)." + DAY_NOTE,
+             [("messaging:weekly_active_senders:count", "WAU")]),
+        stat("28-day active senders", "Distinct senders of the 28 days ending with the last "
+             "closed day (MAU)." + DAY_NOTE,
+             [("messaging:monthly_active_senders:count", "MAU")]),
+        stat("Stickiness (DAU / MAU)", "Of the last 28 days' senders, the share who sent on "
+             "the last closed day." + DAY_NOTE,
+             [("messaging:stickiness:ratio", "DAU / MAU")], "percentunit"),
+        stat("30-day InMail response rate (recruiters)",
+             "Recruiters' InMails of the last final day (its InMail horizon has passed) "
+             "that were accepted, declined or answered; orange under LinkedIn's policy "
+             "threshold (13 %).",
+             [('messaging:final_inmail_response_rate:ratio{sender_type="recruiter"}',
+               "recruiters")], "percentunit",
+             _steps(below=t["inmail_response_policy_min"])),
+        stat("Spam reports per 1k messages, by day",
+             "Spam reports per 1,000 messages sent on the last closed day." + DAY_NOTE,
+             [("messaging:daily_spam_reports:per_1k_messages", "per 1k")]),
+        series("Messages and conversations per day",
+               "Messages sent and conversations started, by closed event-time day." + DAY_NOTE,
+               [("messaging:daily_messages_sent:count", "messages"),
+                ("messaging:daily_conversations_started:count", "conversations")]),
+        series("24-hour response rate of a day's conversations",
+               "Of the conversations started on a day, the share with a first reply within "
+               "24 hours, per channel: final (never changes) once the day plus 24 hours "
+               "has passed. At most 100 % by construction.",
+               [(f"messaging:final_cohort_response_rate:ratio{{{FINAL_DAY}}}",
+                 "{{channel}}")], "percentunit"),
+        series("Time to first reply of a day's conversations (p50, p90)",
+               "First-reply latency of a day's conversations answered within 24 hours, "
+               "final cohorts, per channel.",
+               [(f"messaging:final_cohort_first_reply_latency_p50:seconds{{{FINAL_DAY}}}",
+                 "p50 {{channel}}"),
+                (f"messaging:final_cohort_first_reply_latency_p90:seconds{{{FINAL_DAY}}}",
+                 "p90 {{channel}}")], "s"),
+        series("InMail response rate by sender type",
+               "InMails of a day accepted, declined or answered within the InMail horizon "
+               "(30 days): final days, and the newest ended day so far (provisional).",
+               [("messaging:final_inmail_response_rate:ratio", "final {{sender_type}}"),
+                ("messaging:provisional_inmail_response_rate:ratio",
+                 "provisional {{sender_type}}")], "percentunit"),
+        series("Blocks per 1k active senders, by day",
+               "Members blocked on the last closed day per 1,000 of its active senders."
+               + DAY_NOTE, [("messaging:daily_blocks:per_1k_active_senders", "per 1k")]),
+    ]
 
 
 def overview(t: Mapping[str, float]) -> list[dict[str, Any]]:
@@ -268,7 +329,7 @@ def pipeline(t: Mapping[str, float]) -> list[dict[str, Any]]:
     ]
 
 
-ROWS = (("Overview", overview), ("Core metrics", core),
+ROWS = (("Product (daily)", product), ("Overview", overview), ("Core metrics", core),
         ("Supporting indicators", supporting), ("Risk factors", risk),
         ("Pipeline health", pipeline))
 

@@ -240,6 +240,26 @@ ALERTS: tuple[AlertSpec, ...] = (
         ),
     ),
     AlertSpec(
+        alert="MessagingInMailResponseBelowPolicy",
+        severity="warning",
+        group="messaging-product",
+        expr=('messaging:final_inmail_response_rate:ratio{sender_type="recruiter"} '
+              "< $threshold"),
+        for_="10m",
+        threshold="inmail_response_policy_min",
+        summary=(
+            "Recruiters' InMail response rate at {{ $value | humanizePercentage }}, "
+            "below LinkedIn's policy"
+        ),
+        description=(
+            "Of the InMails recruiters sent on the last day that is final (its InMail "
+            "horizon has passed), {{ $value | humanizePercentage }} were accepted, declined "
+            "or answered: below the policy threshold of [threshold] that LinkedIn applies "
+            "to each recruiter. InMail is reaching the wrong people across the board "
+            "(targeting, templates, a campaign), not one sender: see the flagged senders."
+        ),
+    ),
+    AlertSpec(
         alert="MessagingFirstReplyLatencyHigh",
         severity="warning",
         group="messaging-core",

@@ -29,6 +29,8 @@ from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
+DEMO_HISTORY_SECONDS = 26 * 3600.0  # the producer's warmup when PRODUCER_WARMUP_SECONDS is 0
+
 
 class _Stop(Exception):
     pass
@@ -136,7 +138,11 @@ def run_demo(settings: Settings, duration: float | None = None) -> int:
             env = _child_env(settings, kafka_bootstrap_servers=bootstrap, metrics_port=str(port))
             worker = Child("worker", [sys.executable, "-m", "streams", "worker"], env, log_dir)
             stack.callback(worker.stop)
-            producer = Child("producer", [sys.executable, "-m", "streams", "produce"], env, log_dir)
+            # History first, so that a day has closed (the daily row) within about a
+            # minute: 26 simulated hours, sent as fast as possible, unless set otherwise
+            warmup = settings.producer_warmup_seconds or DEMO_HISTORY_SECONDS
+            producer = Child("producer", [sys.executable, "-m", "streams", "produce",
+                                          "--warmup", str(warmup)], env, log_dir)
             stack.callback(producer.stop)
             monitoring = _start_monitoring(settings, port, log_dir, console)
             if monitoring is not None:

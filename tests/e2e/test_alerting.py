@@ -33,6 +33,8 @@ WINDOW = 720  # event seconds: one window per wall second
 RATE = 3000  # events per wall second, i.e. per window
 WARMUP = 36 * 3600.0  # event seconds of history first: reply latencies run to days
 DAY = 86_400 / SPEED  # wall seconds: the alerts' "same time yesterday"
+INMAIL_HORIZON = 36 * 3600.0  # event seconds: finals within the run, and longer than a day
+# (so that yesterday, the provisional InMail cohort, is not final and gone yet)
 COMPRESSION = TimeCompression(
     baseline_offset=f"{DAY:.0f}s",
     # ranges shrunk 180x, not 720x, to keep several scrapes in a range; for: 60x, so a
@@ -49,7 +51,11 @@ class Stack:
     """Worker + producer + Prometheus/Alertmanager for one scenario; stopped by PID."""
 
     def __init__(self, settings: Settings, tmp_path: Path, webhook: WebhookReceiver) -> None:
-        self.settings = settings.model_copy(update={"window_seconds": WINDOW})
+        self.settings = settings.model_copy(update={
+            "window_seconds": WINDOW,
+            # compressed time cannot wait 30 days for an InMail day to be final
+            "inmail_response_horizon_seconds": INMAIL_HORIZON,
+        })
         self.webhook = webhook
         asyncio.run(ensure_topics(self.settings))
         self.worker = WorkerProcess(self.settings, tmp_path / "worker.log").start()

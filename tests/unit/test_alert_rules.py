@@ -21,7 +21,7 @@ REQUIRED_ALERTS = {
     "MessagingSpamReportsHigh", "MessagingReplyRateDrop", "MessagingFirstReplyLatencyHigh",
     "MessagingInMailResponseRateLow", "MessagingFlaggedSendersSurge", "MessagingBlocksSurge",
     "MessagingPipelineStalled", "MessagingWorkerDown", "MessagingInvalidEventsHigh",
-    "MessagingConsumerLagHigh", "MessagingKafkaUnreachable",
+    "MessagingConsumerLagHigh", "MessagingKafkaUnreachable", "MessagingInMailResponseBelowPolicy",
 }
 
 

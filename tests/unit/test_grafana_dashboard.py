@@ -21,7 +21,7 @@ from streams.pipeline_metrics import PipelineMetrics
 
 GRAFANA = board.ROOT / "grafana"
 RECORDING_RULES = board.ROOT / "prometheus" / "recording_rules.yml"
-ROWS = ["Overview", "Core metrics", "Supporting indicators", "Risk factors", "Pipeline health"]
+ROWS = ["Product (daily)", "Overview", "Core metrics", "Supporting indicators", "Risk factors", "Pipeline health"]
 FIRING = 'ALERTS{alertstate="firing"}'
 FILTERED_LABELS = ("platform", "channel")  # the board's template variables
 

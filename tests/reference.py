@@ -208,13 +208,14 @@ def recount_cohorts(
             response = None
             if e["type"] == "message_sent":
                 if e["first_in_conversation"]:
+                    # a cohort's size: its hour's conversations started (first messages)
+                    hour = math.floor(e["ts"] / 3600) * 3600
+                    hours[hour][("started", e["channel"])] += 1
                     if conv is None:
                         conv = conversations[e["conversation_id"]] = {
                             "ts": e["ts"], "to": e["recipient_id"], "channel": e["channel"],
                             "type": e["sender_type"], "replied": False, "responded": False,
                         }
-                        hour = math.floor(e["ts"] / 3600) * 3600
-                        hours[hour][("started", e["channel"])] += 1
                         if e["channel"] == "inmail":
                             day = math.floor(e["ts"] / DAY) * DAY
                             days[day][("sent", e["sender_type"])] += 1

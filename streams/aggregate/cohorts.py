@@ -2,9 +2,10 @@
 reply within 1 h, 24 h and 7 days; of the InMails sent on a day, what share got a
 response (a reply, or accepted or declined) within the InMail horizon (30 days).
 
-Pure state and rules. The ingest counts a conversation's start and its first reply in
-the cohort of the start (hourly reply cohorts; InMail cohorts by send day), whenever
-the reply comes; the owner adds those counts up here. A cohort is *provisional* while
+Pure state and rules. The ingest counts a conversation's first reply in the cohort of
+its start (hourly reply cohorts; InMail cohorts, sends too, by send day), whenever the
+reply comes; the owner adds those counts up here, and takes a reply cohort's size (its
+conversations started) from the hour itself once it has closed. A cohort is *provisional* while
 it can still change for a horizon, and *final* for that horizon once the watermark
 passes the cohort's end plus the horizon: every reply inside the horizon came before
 then (its window closed no later than that), so the final value is exact, is published
@@ -25,8 +26,10 @@ from typing import Any
 from streams.partials import (
     COHORT_LATENCY_SUM_MS,
     COHORT_REPLY,
+    COHORT_STARTED,
     HORIZON_BUCKET,
     REPLY_HORIZONS,
+    STARTED,
     Partial,
     decode,
     encode,
@@ -91,6 +94,18 @@ class Cohorts:
     @property
     def inmail_name(self) -> str:
         return horizon_name(self.inmail_horizon)
+
+    def add_started(self, hour: int, segments: dict[str, Partial]) -> None:
+        """A closed hour's conversations started, by channel: its cohort's size. (The
+        ingest counts only the replies; the starts are the hour's own count.)"""
+        started: Partial = {}
+        for partial in segments.values():
+            for key, value in partial.items():
+                if key[0] == STARTED:
+                    channel_key = (COHORT_STARTED, key[2])
+                    started[channel_key] = started.get(channel_key, 0) + value
+        if started:
+            merge_into(self.hours.setdefault(hour, {}), started)
 
     def add(self, cohorts: dict[str, dict[str, dict[str, int]]]) -> None:
         """A partial's cohort counts: ``{"hour": {start: counts}, "day": {...}}``."""

@@ -111,7 +111,11 @@ class OwnerState:
             for start in sorted(self.recent)[: len(self.recent) - RECENT_WINDOWS]:
                 del self.recent[start]
         # hours and days: also when no minute closed (a quiet end of an hour)
-        published: list[Published] = [*closed, *self.rollups.close(self.owner, value)]
+        rolled = self.rollups.close(self.owner, value)
+        for hour in rolled:
+            if hour.resolution == "hour":  # the cohort of its starts: their number
+                self.cohorts.add_started(hour.start, hour.segments)
+        published: list[Published] = [*closed, *rolled]
         if value > before:
             published.extend(self.cohorts.close(self.owner, before, value))
         return published

@@ -7,7 +7,8 @@ took, and counts every accepted event into per-window partials.
 
 Cohorts: a conversation's first reply also counts in the cohort of the conversation's
 start (its hour), with its latency bucket, so that the owners can tell what share of an
-hour's or a day's conversations got an answer within 1 h, 24 h and 7 d. An InMail's
+hour's or a day's conversations (its conversations_started, which they already have)
+got an answer within 1 h, 24 h and 7 d. An InMail's
 first response (a reply, or an answer: "Yes, interested" / "No thanks") counts in the
 cohort of its send day, by the sender's type; InMail conversations are remembered for
 the InMail response horizon (30 days, LinkedIn's definition), longer than others.
@@ -27,7 +28,6 @@ from streams.partials import (
     BLOCK,
     COHORT_LATENCY_SUM_MS,
     COHORT_REPLY,
-    COHORT_STARTED,
     EVENTS,
     FIRST_REPLY,
     INMAIL_RESPONSE,
@@ -220,8 +220,11 @@ class PartitionCore:
         conversation = self.conversations.get(conversation_id)
         if conversation is None and self.inmail_conversations:
             conversation = self.inmail_conversations.get(conversation_id)
-        if conversation is not None and conversation.started_at < ts - (
-            self.inmail_ttl if conversation.channel == "inmail" else self.conversation_ttl
+        if (
+            conversation is not None
+            and conversation.started_at < ts - self.conversation_ttl
+            and (conversation.channel != "inmail"
+                 or conversation.started_at < ts - self.inmail_ttl)
         ):
             conversation = None  # past its TTL: forgotten, whether or not expire() ran
         counts: Partial | None = None
@@ -278,14 +281,15 @@ class PartitionCore:
                     ts, sender_id, event.recipient_id, channel, event.sender_type,
                 )
                 batch.touched.add(conversation_id)
-                if counts is not None:  # the conversation's cohorts: its start's hour, day
-                    cohort = batch.cohort(batch.reply_cohorts, ts, HOUR)
-                    key = (COHORT_STARTED, channel)
+                # the InMail's cohort: its send day (a reply cohort's starts are its
+                # hour's conversations_started: the owners take them from the hour)
+                if counts is not None and channel == "inmail":
+                    day = floor(ts / DAY) * DAY
+                    cohort = batch.inmail_cohorts.get(day)
+                    if cohort is None:
+                        cohort = batch.inmail_cohorts[day] = {}
+                    key = (INMAIL_SENT, event.sender_type)
                     cohort[key] = cohort.get(key, 0) + 1
-                    if channel == "inmail":
-                        cohort = batch.cohort(batch.inmail_cohorts, ts, DAY)
-                        key = (INMAIL_SENT, event.sender_type)
-                        cohort[key] = cohort.get(key, 0) + 1
         elif (
             conversation is not None
             and not conversation.replied
@@ -297,19 +301,21 @@ class PartitionCore:
                 latency_ms = max(0, round((ts - conversation.started_at) * 1000))
                 channel = conversation.channel
                 bucket = str(latency_bucket(latency_ms))
-                for key, inc in (
-                    ((FIRST_REPLY, channel), 1),
-                    ((LATENCY_BUCKET, channel, bucket), 1),
-                    ((LATENCY_SUM_MS, channel), latency_ms),
-                ):
-                    counts[key] = counts.get(key, 0) + inc
+                key = (FIRST_REPLY, channel)
+                counts[key] = counts.get(key, 0) + 1
+                key = (LATENCY_BUCKET, channel, bucket)
+                counts[key] = counts.get(key, 0) + 1
+                key = (LATENCY_SUM_MS, channel)
+                counts[key] = counts.get(key, 0) + latency_ms
                 # the sum per bucket: a horizon's histogram (buckets up to it) is exact
-                cohort = batch.cohort(batch.reply_cohorts, conversation.started_at, HOUR)
-                for key, inc in (
-                    ((COHORT_REPLY, channel, bucket), 1),
-                    ((COHORT_LATENCY_SUM_MS, channel, bucket), latency_ms),
-                ):
-                    cohort[key] = cohort.get(key, 0) + inc
+                hour = floor(conversation.started_at / HOUR) * HOUR
+                cohort = batch.reply_cohorts.get(hour)
+                if cohort is None:
+                    cohort = batch.reply_cohorts[hour] = {}
+                key = (COHORT_REPLY, channel, bucket)
+                cohort[key] = cohort.get(key, 0) + 1
+                key = (COHORT_LATENCY_SUM_MS, channel, bucket)
+                cohort[key] = cohort.get(key, 0) + latency_ms
             if conversation.channel == "inmail":
                 self._responded(conversation, "replied", ts, start, counts, batch)
 

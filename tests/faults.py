@@ -66,12 +66,30 @@ class FaultRun:
     def assert_exact_and_nothing_early(self) -> None:
         """Every window and gauge equal the recount, none closed early, nobody exited."""
         self.producer.join_checked(timeout=180)
-        check_run(self.settings, self.events, self.workers, crashed=True)
+        try:
+            check_run(self.settings, self.events, self.workers, crashed=True)
+        except AssertionError as exc:  # say what else was off: late, dropped, crashed
+            raise AssertionError(f"{exc}\n{self.diagnosis()}") from None
         assert late_events(self.workers) == {
             "messaging_late_events_total": 0.0, "messaging_aggregate_late_events": 0.0
         }, f"a window closed early (FAULT_SEED={self.seed})"
         for worker in self.workers:
             assert worker.running(), f"a worker exited: see {worker.log_path}"
+
+    def diagnosis(self) -> str:
+        """The seed, each worker's late events, and its log's warnings and errors."""
+        lines = [f"FAULT_SEED={self.seed}"]
+        for worker in self.workers:
+            try:
+                late: Any = late_events([worker])
+            except OSError as exc:  # a worker that exited or does not answer
+                late = repr(exc)
+            lines.append(f"{worker.log_path.name}: running={worker.running()} late={late}")
+            text = worker.log_path.read_text(errors="replace") if worker.log_path.exists() else ""
+            notable = [line for line in text.splitlines()
+                       if "[WARNING]" in line or "[ERROR]" in line]
+            lines.extend(f"  {line[:300]}" for line in notable[-15:])
+        return "\n".join(lines)
 
     def stop(self) -> list[int]:
         return [worker.stop() for worker in self.workers]

@@ -7,6 +7,9 @@
 - A partition assigned anew starts with no "read offset": Faust could keep a stale one
   from a rebalance and drop records it never processed (see
   :meth:`ReadCommittedConsumer.on_partitions_assigned`).
+- After a rebalance, a partition without a committed offset is read again from its
+  beginning, not from where the previous generation's fetches left it (see
+  :meth:`ReadCommittedConsumer.seek_to_committed`).
 - Faust commits a source offset after ``producer.flush()``, so that the table changelog
   records of the events before it are in Kafka first. Its flush can return early (see
   :class:`DrainingProducerBuffer`); this transport's producer waits for all of them.
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiokafka
@@ -27,6 +32,8 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import FutureMessage
 
 SCHEME = "kafkarc"
+
+log = logging.getLogger(__name__)
 
 
 class ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
@@ -38,6 +45,10 @@ class ReadCommittedConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
 
 class ReadCommittedConsumer(faust_aiokafka.Consumer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._warned: dict[Any, int] = {}  # partition -> read offset warned about
+
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ReadCommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -56,6 +67,38 @@ class ReadCommittedConsumer(faust_aiokafka.Consumer):
         for tp in assigned:
             self._read_offset.pop(tp, None)
         await super().on_partitions_assigned(assigned, generation_id)
+
+    async def seek_to_committed(self) -> Mapping[Any, int | None]:
+        """Seek every assigned partition to its committed offset, or to its beginning
+        when it has none.
+
+        aiokafka seeks only the partitions with a commit above 0 and leaves the others
+        where the previous generation's fetches left them. A partition kept through a
+        rebalance before its first commit (a worker joining seconds after the first)
+        then resumes past the records the revocation took out of the agent's queue,
+        unprocessed: lost. From the beginning is where a group without commits reads
+        (``auto_offset_reset="earliest"``); the owner's marks skip what it has applied.
+        """
+        committed = await super().seek_to_committed()
+        uncommitted = [tp for tp, offset in committed.items() if not offset or offset < 0]
+        if uncommitted:
+            log.info("no commit yet for %s: reading again from the beginning",
+                     ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(uncommitted)))
+            await self._thread.seek_to_beginning(*uncommitted)
+        return committed
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
+        """Faust's fetch, saying so when Faust is about to drop a record as read already:
+        with the fixes above it should not, and a drop of a record never processed is
+        a silent loss (one warning per partition and read offset)."""
+        read_offset = self._read_offset
+        async for tp, message in super().getmany(timeout):
+            read = read_offset[tp]
+            if read is not None and message.offset < read and self._warned.get(tp) != read:
+                self._warned[tp] = read
+                log.warning("%s: records from offset %d are below the read offset %d: "
+                            "Faust drops them as read", tp, message.offset, read)
+            yield tp, message
 
 
 class DrainingProducerBuffer(ProducerBuffer):

@@ -98,3 +98,32 @@ def test_a_newly_assigned_partition_starts_with_nothing_read(monkeypatch) -> Non
 
     asyncio.run(run())
     assert seen == [{TP("t.partials", 1): 7}]
+
+
+def test_a_partition_without_a_commit_is_read_again_from_its_beginning() -> None:
+    """aiokafka leaves a partition without a commit where the last generation's fetches
+    left it, past what the revocation discarded: it must start over instead."""
+    import faust
+    from faust.types import TP
+
+    from streams.kafka import faust_transport
+
+    committed = {TP("t.partials", 0): 12, TP("t.partials", 1): None, TP("t.partials", 2): 0}
+    rewound: list[TP] = []
+
+    class Thread:
+        async def seek_to_committed(self) -> dict[TP, int | None]:
+            return committed
+
+        async def seek_to_beginning(self, *partitions: TP) -> None:
+            rewound.extend(partitions)
+
+    async def run() -> dict[TP, int | None]:
+        app = faust.App("t-seek", broker=f"{faust_transport.SCHEME}://127.0.0.1:1",
+                        store="memory://", web_enabled=False)
+        consumer = app.consumer
+        consumer._thread = Thread()
+        return await consumer.seek_to_committed()
+
+    assert asyncio.run(run()) == committed
+    assert sorted(rewound) == [TP("t.partials", 1), TP("t.partials", 2)]

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import ProducerFenced
 from aiokafka.structs import TopicPartition
 
+from streams.kafka.fenced_offsets import fence_offset_commits
 from streams.kafka.io import BatchWriter, raw_records
 from streams.kafka.outage import (
     RETRIABLE_ERRORS,
@@ -224,6 +225,7 @@ class TransactionalStage(ABC, Generic[State]):
         # The producer first: its InitProducerId fences a previous incarnation of this
         # worker and aborts that one's open transaction before we restore any state.
         await self.producer.start()
+        fence_offset_commits(self.producer, self.consumer)
         await self.consumer.start()
         partitions = self.consumer.partitions_for_topic(self.input_topic)
         if not partitions:

@@ -1,0 +1,68 @@
+"""The transactional offset commit that a replaced group member cannot make (KIP-447):
+its encoding, and what a refusal does to the transaction."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from types import SimpleNamespace
+from typing import Any
+
+from aiokafka.structs import OffsetAndMetadata, TopicPartition
+
+from streams.kafka.fenced_offsets import (
+    FencedTxnOffsetCommitHandler,
+    FencedTxnOffsetCommitRequest,
+    TxnOffsetCommitRequest_v3,
+    TxnOffsetCommitResponse_v3,
+    request_fields,
+)
+
+OFFSETS = {TopicPartition("t.events", 1): OffsetAndMetadata(120, ""),
+           TopicPartition("t.events", 0): OffsetAndMetadata(77, "")}
+
+
+def test_the_request_names_the_member_and_its_generation() -> None:
+    fields = request_fields("tx-w0", "group", 4000, 3, (7, "member-a", "group-w0"), OFFSETS)
+    struct = FencedTxnOffsetCommitRequest(fields).prepare({28: (0, 5)})
+    assert isinstance(struct, TxnOffsetCommitRequest_v3)  # the broker's v0 would not fence
+    decoded = TxnOffsetCommitRequest_v3.SCHEMA.decode(BytesIO(struct.encode()))
+    assert decoded[:7] == ("tx-w0", "group", 4000, 3, 7, "member-a", "group-w0")
+    assert decoded[7] == [("t.events", [(0, 77, -1, "", {}), (1, 120, -1, "", {})], {})]
+
+
+class _Transactions:
+    transactional_id, producer_id, producer_epoch = "tx-w0", 4000, 3
+
+    def __init__(self) -> None:
+        self.error: BaseException | None = None
+        self.committed: list[tuple[TopicPartition, int]] = []
+
+    def error_transaction(self, exc: BaseException) -> None:
+        self.error = exc
+
+    def offset_committed(self, tp: TopicPartition, offset: int, group_id: str) -> None:
+        self.committed.append((tp, offset))
+
+
+def _answer(error_code: int) -> tuple[_Transactions, Any]:
+    txn = _Transactions()
+    sender = SimpleNamespace(_txn_manager=txn, _coordinator_dead=lambda kind: None,
+                             _retry_backoff=0.1)
+    handler = FencedTxnOffsetCommitHandler(sender, OFFSETS, "group", lambda: (7, "m", None))
+    response = TxnOffsetCommitResponse_v3(
+        0, [("t.events", [(0, error_code, {}), (1, error_code, {})], {})], {}
+    )
+    return txn, handler.handle_response(response)
+
+
+def test_a_replaced_member_has_its_transaction_aborted() -> None:
+    for code in (22, 25, 82):  # illegal generation, unknown member, fenced instance
+        txn, _ = _answer(code)
+        assert txn.error is not None and not txn.committed
+
+
+def test_an_accepted_commit_is_recorded() -> None:
+    txn, _ = _answer(0)
+    assert txn.error is None
+    assert sorted(txn.committed) == [(TopicPartition("t.events", 0), 77),
+                                     (TopicPartition("t.events", 1), 120)]

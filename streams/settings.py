@@ -8,7 +8,6 @@ keeps the two in step.
 from __future__ import annotations
 
 import socket
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +213,7 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown security protocol {value!r}")
         return value
 
-    @cached_property
+    @property  # not cached: model_copy() would carry a cached value into the copy
     def bootstrap(self) -> str:
         if not self.kafka_bootstrap_servers:
             raise RuntimeError(

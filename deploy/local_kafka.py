@@ -10,6 +10,7 @@ factor 3 and ``min.insync.replicas=2`` for every topic by default, internal ones
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -25,6 +26,7 @@ from typing import Self
 
 from aiokafka.errors import KafkaError
 
+from deploy.kafka_security import ADMIN, BrokerSecurity
 from deploy.processes import stop_process
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,9 @@ def free_port() -> int:
 
 
 def resolve_jars(cache_dir: Path) -> Path:
-    """Copy the broker's runtime jars into the cache once; return their folder."""
-    jars = cache_dir / f"kafka-{kafka_version()}" / "jars"
+    """Copy the broker's runtime jars into the cache once per pom; return their folder."""
+    pom_digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:8]
+    jars = cache_dir / f"kafka-{kafka_version()}-{pom_digest}" / "jars"
     done = jars / ".complete"
     if done.exists():
         return jars
@@ -94,6 +97,8 @@ class LocalKafka:
     voters: str = ""  # the quorum, "id@host:port,..."; empty: this node alone
     cluster_id: str = field(default_factory=lambda: uuid.uuid4().bytes.hex()[:22])
     replication: int = 1  # default replication factor, internal topics' included
+    # SASL_SSL, SCRAM users and ACLs (see deploy.kafka_security); None: PLAINTEXT, open
+    security: BrokerSecurity | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _own_data_dir: bool = field(default=False, init=False)
 
@@ -114,19 +119,25 @@ class LocalKafka:
         voters = self.voters or f"{self.node_id}@{self.host}:{self.controller_port}"
         replicas = self.replication
         min_isr = max(1, replicas - 1)  # one replica may be lost without refusing writes
-        return "\n".join(
-            [
-                "process.roles=broker,controller",
-                f"node.id={self.node_id}",
-                f"controller.quorum.voters={voters}",
+        listeners = (
+            self.security.broker_properties(self.host, self.port, self.controller_port)
+            if self.security is not None else [
                 (
                     f"listeners=PLAINTEXT://{self.host}:{self.port},"
                     f"CONTROLLER://{self.host}:{self.controller_port}"
                 ),
                 f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
-                "controller.listener.names=CONTROLLER",
                 "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                 "inter.broker.listener.name=PLAINTEXT",
+            ]
+        )
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                f"node.id={self.node_id}",
+                f"controller.quorum.voters={voters}",
+                "controller.listener.names=CONTROLLER",
+                *listeners,
                 f"log.dirs={self.data_dir / 'logs'}",
                 "num.partitions=1",
                 f"default.replication.factor={replicas}",
@@ -165,13 +176,15 @@ class LocalKafka:
             self.data_dir = Path(tempfile.mkdtemp(prefix="mm-kafka-"))
             self._own_data_dir = True
         config = self.data_dir / "server.properties"
+        config.touch(mode=0o600)  # a secured broker's holds its admin's password
         config.write_text(self._properties())
         classpath = f"{jars}/*"
         base = [_java(), JAVA_HEAP, "-cp", classpath, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}"]
         if not (self.data_dir / "logs" / "meta.properties").exists():
             subprocess.run(
                 [*base, "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
-                 "-c", str(config)],
+                 "-c", str(config),
+                 *(self.security.format_arguments() if self.security is not None else [])],
                 check=True, stdout=subprocess.DEVNULL,
             )
         with open(self.data_dir / "broker.log", "ab") as log_file:
@@ -189,8 +202,7 @@ class LocalKafka:
         from aiokafka.admin import AIOKafkaAdminClient
 
         async def probe() -> None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
-                                        request_timeout_ms=3000)
+            admin = AIOKafkaAdminClient(**self.client_options(), request_timeout_ms=3000)
             await admin.start()
             try:
                 await admin.describe_cluster()
@@ -211,6 +223,15 @@ class LocalKafka:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"Kafka did not answer within {timeout}s")
                 time.sleep(0.5)
+
+    def client_options(self, user: str = ADMIN) -> dict[str, object]:
+        """aiokafka connection options for this broker (as ``user``, when secured)."""
+        from streams.settings import Settings
+
+        env = self.security.client_settings(user) if self.security is not None else {}
+        settings = Settings(kafka_bootstrap_servers=self.bootstrap_servers,
+                            **{name.lower(): value for name, value in env.items()})
+        return settings.kafka_client_options()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the broker by PID (SIGTERM, then SIGKILL) and drop a temp data dir."""

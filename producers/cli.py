@@ -16,6 +16,8 @@ from aiokafka.errors import KafkaError
 from producers.run import run_producer
 from producers.scenarios import INCIDENT_AFTER_SECONDS, SCENARIO_NAMES
 from producers.sinks import JsonlSink, KafkaSink, Sink
+from streams.kafka import access
+from streams.kafka.io import ensure_topics
 
 if TYPE_CHECKING:
     from streams.settings import Settings
@@ -140,6 +142,19 @@ async def main(args: argparse.Namespace, settings: Settings) -> int:
     if warmup < 0 or incident_after < 0:
         log.error("--warmup and --incident-after must be >= 0")
         return 2
+    grants = access.producer_grants(settings.model_copy(update={"events_topic": args.topic}))
+    if args.sink == "kafka":
+        try:
+            await access.check_access(settings, grants)
+            await ensure_topics(settings.model_copy(update={"events_topic": args.topic}),
+                                events_only=True)
+            await access.check_access(settings, grants)  # a topic made just now
+        except access.KafkaAccessError as exc:
+            log.error("the producer cannot start: %s", exc)
+            return access.EXIT_CODE
+        except (KafkaError, OSError) as exc:
+            log.error("the producer cannot reach Kafka: %s", exc)
+            return 1
     sink: Sink
     try:
         sink = JsonlSink(args.output) if args.sink == "jsonl" else KafkaSink(settings, args.topic)
@@ -163,6 +178,10 @@ async def main(args: argparse.Namespace, settings: Settings) -> int:
             incident_after=incident_after,
         )
     except (KafkaError, RuntimeError, OSError) as exc:
+        refusal = await access.explain_refusal(settings, exc, grants)
+        if refusal is not None:  # what the broker acknowledged is in; nothing is retried
+            log.error("the producer stops: %s", refusal)
+            return access.EXIT_CODE
         log.error("producer failed: %s", exc)
         return 1
     finally:

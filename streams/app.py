@@ -26,7 +26,8 @@ from streams.aggregate.owner import OwnerState
 from streams.catalogue import PERIODS
 from streams.ingest.processes import IngestProcesses
 from streams.ingest.stage import IngestStage
-from streams.kafka import faust_transport
+from streams.kafka import access, faust_transport
+from streams.kafka.outage import is_fatal
 from streams.kafka.stage import read_partitions
 from streams.pipeline_metrics import PipelineMetrics
 from streams.risk.stage import RiskStage
@@ -86,7 +87,9 @@ class Worker:
             datadir=str(settings.cache_dir / "faust" / "{conf.name}-data"),
             topic_partitions=settings.partials_partitions,
             topic_replication_factor=settings.topic_replication_factor,
-            topic_allow_declare=True,
+            # every topic, Faust's assignor topic included, is made by ensure_topics (or
+            # an admin): Faust would ask for CREATE on a topic that exists already
+            topic_allow_declare=False,
             consumer_auto_offset_reset="earliest",
             web_enabled=True,
             web_bind=settings.metrics_host,
@@ -115,6 +118,7 @@ class Worker:
             settings.aggregate_state_topic, key_serializer="raw", value_serializer="raw"
         )
         self._states: dict[int, OwnerState] = {}  # owned partials partition -> live state
+        self.refused: str | None = None  # why Kafka refused a stage, if it did (exit 78)
         self.app.on_partitions_revoked.connect(self._forget_revoked)
         self.ingest: Stage = (
             IngestProcesses(settings, self.metrics.record) if settings.ingest_processes
@@ -216,11 +220,24 @@ class Worker:
                 await stage.start()
                 await stage.run()
             except Exception as exc:  # a dead stage must take the worker down, loudly
-                log.exception("%s stage crashed", stage.name)
+                refusal = await self._refusal(exc)
+                if refusal is not None:  # nothing uncommitted survives: it was one transaction
+                    log.error("%s stage stops: %s", stage.name, refusal)
+                    self.refused = refusal
+                else:
+                    log.exception("%s stage crashed", stage.name)
                 await self.app.crash(exc)
 
         run.__name__ = f"run_{stage.name}"
         return run
+
+    async def _refusal(self, exc: Exception) -> str | None:
+        if not is_fatal(exc):
+            return None
+        return await access.explain_refusal(
+            self.settings, exc, access.worker_grants(self.settings),
+            access.transactional_ids(self.settings),
+        )
 
     async def stop_stages(self) -> None:
         """Let each stage commit its batch in flight, then close its clients."""

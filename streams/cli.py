@@ -25,10 +25,6 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     from producers import cli as producer_cli
 
     setup_logging(settings)
-    if args.sink == "kafka":
-        from streams.kafka.io import ensure_topics
-
-        asyncio.run(ensure_topics(settings))
     return asyncio.run(producer_cli.main(args, settings))
 
 
@@ -64,25 +60,55 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
-    import signal
-    import threading
-
-    from deploy.local_kafka import LocalKafka, LocalKafkaCluster
+def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.kafka.access import EXIT_CODE, KafkaAccessError
+    from streams.kafka.io import ensure_topics
 
     setup_logging(settings)
-    if args.nodes > 1 and args.port:
-        log.error("--port is for a single broker; a cluster's nodes take free ports")
+    try:
+        partitions = asyncio.run(ensure_topics(settings))
+    except KafkaAccessError as exc:
+        log.error("cannot create the topics: %s", exc)
+        return EXIT_CODE
+    log.info("the worker's topics exist (events topic: %d partitions)", partitions)
+    return 0
+
+
+def cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from deploy.kafka_security import BrokerSecurity, provision
+    from deploy.local_kafka import LocalKafka, LocalKafkaCluster, resolve_jars
+
+    setup_logging(settings)
+    if args.nodes > 1 and (args.port or args.secure):
+        log.error("--port and --secure are for a single broker")
         return 2
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    security = (
+        BrokerSecurity.create(Path(tempfile.mkdtemp(prefix="mm-kafka-tls-")))
+        if args.secure else None
+    )
     kafka = (
-        LocalKafka(settings.cache_dir, port=args.port) if args.nodes == 1
+        LocalKafka(settings.cache_dir, port=args.port, security=security) if args.nodes == 1
         else LocalKafkaCluster(settings.cache_dir, size=args.nodes)
     )
     with kafka:
-        print(f"KAFKA_BOOTSTRAP_SERVERS={kafka.bootstrap_servers}", flush=True)
+        if security is not None:
+            asyncio.run(provision(security, kafka.bootstrap_servers, settings,
+                                  resolve_jars(settings.cache_dir)))
+            for user in ("worker", "producer"):
+                print(f"{user}: set -a; . {security.env_file(user, kafka.bootstrap_servers)}; "
+                      "set +a", flush=True)
+            print(f"admin (for kafka-acls --command-config): {security.admin_command_config()}",
+                  flush=True)
+        else:
+            print(f"KAFKA_BOOTSTRAP_SERVERS={kafka.bootstrap_servers}", flush=True)
         if args.nodes > 1:
             print(f"TOPIC_REPLICATION_FACTOR={args.nodes}", flush=True)
             print(f"TOPIC_MIN_INSYNC_REPLICAS={args.nodes - 1}", flush=True)
@@ -124,12 +150,20 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
     kafka.add_argument("--nodes", type=int, default=1, choices=(1, 3),
                        help="1: one broker; 3: a KRaft cluster of three broker+controller "
                        "nodes, replication factor 3, min.insync.replicas 2 (default 1)")
+    kafka.add_argument("--secure", action="store_true",
+                       help="one broker on SASL_SSL (TLS with client certificates, "
+                       "SCRAM-SHA-512) with ACLs: topics made, the worker and producer "
+                       "users granted exactly their ACLs; prints the env files to source")
+    sub.add_parser(
+        "topics", help="create the worker's topics and exit (as a user allowed to: the "
+        "worker itself needs no CREATE; see README: Kafka ACLs)"
+    )
     return parser
 
 
 COMMANDS = {
     "worker": cmd_worker, "produce": cmd_produce, "demo": cmd_demo, "replay": cmd_replay,
-    "kafka": cmd_kafka,
+    "kafka": cmd_kafka, "topics": cmd_topics,
 }
 
 

@@ -12,6 +12,7 @@ import faust
 
 from streams import collector
 from streams.app import Worker
+from streams.kafka import access
 from streams.kafka.io import ensure_topics
 from streams.kafka.outage import Outage, keep_trying
 from streams.settings import Settings
@@ -21,18 +22,39 @@ log = logging.getLogger(__name__)
 
 def run_worker(settings: Settings) -> int:
     collector.tune_for_large_state()
-    # an orchestrator may start the worker before the broker: wait for it, saying so once
-    asyncio.run(keep_trying(
-        Outage("worker", response="it starts once Kafka answers"), "creating its topics",
-        lambda: ensure_topics(settings),
-    ))
+    try:
+        # an orchestrator may start the worker before the broker: wait for it, saying so
+        # once; what waiting cannot mend (credentials, certificates, ACLs) ends it here
+        asyncio.run(keep_trying(
+            Outage("worker", response="it starts once Kafka answers"),
+            "checking its access and topics", lambda: prepare_kafka(settings),
+        ))
+    except access.KafkaAccessError as exc:
+        log.error("the worker cannot start: %s", exc)
+        return access.EXIT_CODE
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run closed its loop
     worker = Worker(settings)
-    GracefulWorker(
-        worker, settings.shutdown_timeout_seconds, loglevel=settings.log_level.lower(),
-        quiet=True,
-    ).execute_from_commandline()
+    try:
+        GracefulWorker(
+            worker, settings.shutdown_timeout_seconds, loglevel=settings.log_level.lower(),
+            quiet=True,
+        ).execute_from_commandline()
+    except BaseException:
+        if worker.refused is not None:  # said in one line already
+            return access.EXIT_CODE
+        raise
     return 0
+
+
+async def prepare_kafka(settings: Settings) -> None:
+    """Everything the worker needs from Kafka before it starts: to be let in and allowed
+    what its stages do (checked again after the topics exist, as new topics may be
+    checked only then), and its topics."""
+    grants = access.worker_grants(settings)
+    ids = access.transactional_ids(settings)
+    await access.check_access(settings, grants, ids)
+    await ensure_topics(settings)
+    await access.check_access(settings, [g for g in grants if g.resource == "topic"])
 
 
 class GracefulWorker(faust.Worker):

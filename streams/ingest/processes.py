@@ -33,7 +33,13 @@ from multiprocessing.process import BaseProcess
 
 from streams import collector
 from streams.ingest.stage import IngestStage
-from streams.kafka.outage import RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS, OutageReport, is_fatal
+from streams.kafka.outage import (
+    RETRY_FIRST_SECONDS,
+    RETRY_MAX_SECONDS,
+    CannotContinue,
+    OutageReport,
+    is_fatal,
+)
 from streams.logs import setup_logging
 from streams.pipeline_metrics import BatchReport
 from streams.settings import Settings
@@ -121,7 +127,7 @@ class IngestProcesses:
         what = f"ingest process {process.name} (pid {process.pid}) exited with {process.exitcode}"
         if process.exitcode == FATAL_EXIT_CODE:
             if not self._ended.done():
-                self._ended.set_exception(RuntimeError(what))
+                self._ended.set_exception(CannotContinue(what))
             return
         lived = loop.time() - self._born[index]
         self._quick_deaths[index] = 0 if lived > STEADY_CHILD_SECONDS else self._quick_deaths[index] + 1

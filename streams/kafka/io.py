@@ -22,9 +22,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.consumer.fetcher import PartitionRecords
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError, for_code
 from aiokafka.structs import TopicPartition
 
+from streams.kafka.access import KafkaAccessError, leader_topic
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,12 @@ class KeyPartitions:
         return partition
 
 
-async def ensure_topics(settings: Settings, extra: dict[str, int] | None = None) -> int:
-    """Create missing topics; return the events topic's partition count."""
+async def ensure_topics(
+    settings: Settings, extra: dict[str, int] | None = None, *, events_only: bool = False
+) -> int:
+    """Create missing topics (``events_only``: the producer's one); return the events
+    topic's partition count. A user the broker does not allow to create a missing topic
+    gets :class:`KafkaAccessError`: an admin creates them (``messaging-metrics topics``)."""
     replicas = settings.topic_replication_factor
     common = (
         {"min.insync.replicas": str(settings.topic_min_insync_replicas)}
@@ -160,8 +165,8 @@ async def ensure_topics(settings: Settings, extra: dict[str, int] | None = None)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        wanted = [
-            topic(settings.events_topic, settings.events_partitions),
+        wanted = [topic(settings.events_topic, settings.events_partitions)]
+        wanted += [] if events_only else [
             topic(settings.dlq_topic, 1),
             topic(settings.partials_topic, settings.partials_partitions),
             topic(settings.metrics_topic, 1),
@@ -175,13 +180,14 @@ async def ensure_topics(settings: Settings, extra: dict[str, int] | None = None)
                 settings.aggregate_state_topic, settings.partials_partitions, **compacted,
                 **{"max.message.bytes": str(32 * 1024 * 1024)},
             ),
+            topic(leader_topic(settings), 1),  # Faust's; made here so Faust needs no CREATE
         ]
         wanted += [topic(name, n) for name, n in (extra or {}).items()]
         missing = [t for t in wanted if t.name not in existing]
         await _create(admin, missing)
         described = await admin.describe_topics([settings.events_topic])
         events_partitions = len(described[0]["partitions"])
-        if settings.ingest_state_topic not in existing:
+        if not events_only and settings.ingest_state_topic not in existing:
             # the ingest's state is partitioned exactly like its input
             await _create(admin, [topic(settings.ingest_state_topic, events_partitions,
                                         **compacted)])
@@ -198,15 +204,27 @@ async def _create(admin: AIOKafkaAdminClient, topics: list[NewTopic]) -> None:
             response = await admin.create_topics([new])
         except TopicAlreadyExistsError:
             continue
+        except TopicAuthorizationFailedError:
+            raise _not_allowed_to_create(new.name) from None
         for name, code, *rest in response.topic_errors:
             if code == TopicAlreadyExistsError.errno:
                 continue
+            if code == TopicAuthorizationFailedError.errno:
+                raise _not_allowed_to_create(name)
             if code:
                 error = for_code(code)
                 message = rest[0] if rest and rest[0] else error.description
                 raise error(f"cannot create topic {name}: {message}")
             log.info("created topic %s (%d partitions, replication factor %d)", name,
                      new.num_partitions, new.replication_factor)
+
+
+def _not_allowed_to_create(topic: str) -> KafkaAccessError:
+    return KafkaAccessError(
+        f"topic {topic} does not exist, and Kafka does not allow this user to create it: "
+        "create the topics as an admin (messaging-metrics topics) or grant CREATE "
+        "(README: Kafka ACLs)"
+    )
 
 
 class BatchWriter:

@@ -41,8 +41,14 @@ T = TypeVar("T")
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 0.5, 5.0
 ATTEMPT_TIMEOUT_SECONDS = 30.0  # a stalled broker accepts connections and says nothing
 
+class CannotContinue(Exception):
+    """A part of the worker ended on an error that retrying cannot mend (raised where
+    the original cannot travel, e.g. from an ingest child's exit code)."""
+
+
 # Not a fault of the broker's health: retrying cannot help, so the worker stops.
 FATAL_ERRORS = (
+    CannotContinue,
     AuthenticationFailedError, AuthenticationMethodNotSupported, SaslAuthenticationFailed,
     IllegalSaslStateError, UnsupportedSaslMechanismError, TopicAuthorizationFailedError,
     GroupAuthorizationFailedError, ClusterAuthorizationFailedError,

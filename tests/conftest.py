@@ -12,6 +12,7 @@ import pytest
 # the shared helpers assert too: show the values when they fail, as in test modules
 pytest.register_assert_rewrite("tests.harness", "tests.pipeline", "tests.reference", "tests.faults")
 
+from deploy.kafka_security import BrokerSecurity
 from deploy.local_kafka import LocalKafka
 from streams.logs import limit_client_repeats
 from streams.settings import Settings
@@ -27,6 +28,20 @@ def kafka_broker() -> Iterator[LocalKafka | None]:
         yield None
         return
     broker = LocalKafka(Settings().cache_dir).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def secured_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """The session's secured broker (SASL_SSL, SCRAM users admin/worker/producer, ACLs
+    enforced); none is granted anything yet."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip("KAFKA_BOOTSTRAP_SERVERS points at an external broker: no local one")
+    security = BrokerSecurity.create(tmp_path_factory.mktemp("tls"))
+    broker = LocalKafka(Settings().cache_dir, security=security).start()
     try:
         yield broker
     finally:

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import shutil
 import sys
+import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from streams.logs import setup_logging
 from streams.settings import Settings
+
+if TYPE_CHECKING:
+    from deploy.kafka_security import BrokerSecurity
+    from deploy.local_kafka import LocalKafka, LocalKafkaCluster
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +84,10 @@ def cmd_topics(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
     import signal
     import tempfile
-    import threading
     from pathlib import Path
 
-    from deploy.kafka_security import BrokerSecurity, provision
-    from deploy.local_kafka import LocalKafka, LocalKafkaCluster, resolve_jars
+    from deploy.kafka_security import BrokerSecurity
+    from deploy.local_kafka import LocalKafka, LocalKafkaCluster
 
     setup_logging(settings)
     if args.nodes > 1 and (args.port or args.secure):
@@ -98,6 +104,19 @@ def cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
         LocalKafka(settings.cache_dir, port=args.port, security=security) if args.nodes == 1
         else LocalKafkaCluster(settings.cache_dir, size=args.nodes)
     )
+    try:
+        _serve_kafka(kafka, security, args.nodes, settings, stop)
+    finally:
+        if security is not None:  # its keys and passwords go with the broker
+            shutil.rmtree(security.directory, ignore_errors=True)
+    return 0
+
+
+def _serve_kafka(kafka: LocalKafka | LocalKafkaCluster, security: BrokerSecurity | None,
+                 nodes: int, settings: Settings, stop: threading.Event) -> None:
+    from deploy.kafka_security import provision
+    from deploy.local_kafka import resolve_jars
+
     with kafka:
         if security is not None:
             asyncio.run(provision(security, kafka.bootstrap_servers, settings,
@@ -109,12 +128,11 @@ def cmd_kafka(args: argparse.Namespace, settings: Settings) -> int:
                   flush=True)
         else:
             print(f"KAFKA_BOOTSTRAP_SERVERS={kafka.bootstrap_servers}", flush=True)
-        if args.nodes > 1:
-            print(f"TOPIC_REPLICATION_FACTOR={args.nodes}", flush=True)
-            print(f"TOPIC_MIN_INSYNC_REPLICAS={args.nodes - 1}", flush=True)
+        if nodes > 1:
+            print(f"TOPIC_REPLICATION_FACTOR={nodes}", flush=True)
+            print(f"TOPIC_MIN_INSYNC_REPLICAS={nodes - 1}", flush=True)
         print(f"broker pid(s) {kafka.pids}; Ctrl-C stops them", file=sys.stderr, flush=True)
         stop.wait()
-    return 0
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:

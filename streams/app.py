@@ -118,7 +118,11 @@ class Worker:
             settings.aggregate_state_topic, key_serializer="raw", value_serializer="raw"
         )
         self._states: dict[int, OwnerState] = {}  # owned partials partition -> live state
-        self.refused: str | None = None  # why Kafka refused a stage, if it did (exit 78)
+        # A stage that cannot go on sets the worker's exit code and calls on_failure (the
+        # process's bounded shutdown); Faust's own crash path is the fallback, but it
+        # sometimes stopped nothing at all (seen once: a minute without exiting).
+        self.failed: int | None = None
+        self.on_failure: Callable[[], object] | None = None
         self.app.on_partitions_revoked.connect(self._forget_revoked)
         self.ingest: Stage = (
             IngestProcesses(settings, self.metrics.record) if settings.ingest_processes
@@ -223,10 +227,14 @@ class Worker:
                 refusal = await self._refusal(exc)
                 if refusal is not None:  # nothing uncommitted survives: it was one transaction
                     log.error("%s stage stops: %s", stage.name, refusal)
-                    self.refused = refusal
                 else:
                     log.exception("%s stage crashed", stage.name)
-                await self.app.crash(exc)
+                if self.failed is None:  # the first failure says why the worker ends
+                    self.failed = access.EXIT_CODE if refusal is not None else 1
+                if self.on_failure is not None:
+                    self.on_failure()
+                else:
+                    await self.app.crash(exc)
 
         run.__name__ = f"run_{stage.name}"
         return run

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import threading
 from typing import Any
 
@@ -39,11 +40,9 @@ def run_worker(settings: Settings) -> int:
             worker, settings.shutdown_timeout_seconds, loglevel=settings.log_level.lower(),
             quiet=True,
         ).execute_from_commandline()
-    except BaseException:
-        if worker.refused is not None:  # said in one line already
-            return access.EXIT_CODE
-        raise
-    return 0
+    except SystemExit:
+        pass
+    return worker.failed or 0  # 78: Kafka refused us (said in one line already)
 
 
 async def prepare_kafka(settings: Settings) -> None:
@@ -64,6 +63,7 @@ class GracefulWorker(faust.Worker):
     stops. Faust can hang when told to stop in the middle of a rebalance; everything of
     ours is committed by then (and its own side is at-least-once with dedup), so after
     ``timeout`` seconds the process exits anyway, with 0 if our stages stopped cleanly.
+    A stage that cannot go on stops the worker the same way, with its exit code.
     """
 
     def __init__(self, worker: Worker, timeout: float, **kwargs: Any) -> None:
@@ -72,6 +72,11 @@ class GracefulWorker(faust.Worker):
         self._timeout = timeout
         self._stages_stopped = False
         self._shutting_down = False
+        worker.on_failure = self._on_stage_failure
+
+    def _on_stage_failure(self) -> None:
+        self._begin_shutdown()
+        self._schedule_shutdown(signal.SIGTERM)
 
     def _on_sigterm(self) -> None:
         self._begin_shutdown()
@@ -100,4 +105,4 @@ class GracefulWorker(faust.Worker):
         log.warning("shutdown took over %.0fs; exiting (stages stopped: %s)",
                     self._timeout, self._stages_stopped)
         logging.shutdown()
-        os._exit(0 if self._stages_stopped else 1)
+        os._exit(self._messaging.failed or (0 if self._stages_stopped else 1))

@@ -30,6 +30,7 @@ from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     GroupAuthorizationFailedError,
     IllegalSaslStateError,
+    IncompatibleBrokerVersion,
     KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailed,
@@ -238,7 +239,11 @@ async def _check_topics(client: AIOKafkaClient, settings: Settings, grants: list
     if not grants:
         return
     node = client.get_random_node()
-    response = await client.send(node, AuthorizedTopicsRequest([g.name for g in grants]))
+    try:
+        response = await client.send(node, AuthorizedTopicsRequest([g.name for g in grants]))
+    except (NotImplementedError, IncompatibleBrokerVersion):  # a broker older than 2.3
+        log.info("Kafka does not report authorized operations; topic ACLs are not checked")
+        return
     by_name = {topic[1]: topic for topic in response.topics}
     for grant in grants:
         error, _, _, _, allowed = by_name[grant.name]

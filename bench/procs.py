@@ -89,11 +89,38 @@ def status_kb(pid: int, name: str) -> int:
     return 0
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds of a JVM's threads by what they do: ``jit`` (the compiler threads),
+    ``gc`` (the collector's) and ``work`` (everything else: request handlers, network,
+    coordinators, the log cleaner). Compiling is a cost of a young JVM, not of the
+    load; a fresh broker pays it during its first heavy run."""
+    out = {"jit": 0.0, "gc": 0.0, "work": 0.0}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue  # the thread ended
+        name = text[text.index("(") + 1 : text.rindex(")")]
+        fields = text[text.rindex(")") + 2 :].split()
+        seconds = (int(fields[11]) + int(fields[12])) / _TICKS
+        part = "jit" if "CompilerThre" in name else (
+            "gc" if name.startswith(("GC Thread", "G1 ")) else "work"
+        )
+        out[part] += seconds
+    return out
+
+
 @dataclass
 class Sample:
     wall: float
     cpu: float
     count: float
+    parts: dict[str, float] = field(default_factory=dict)  # by thread class (the broker)
 
 
 @dataclass
@@ -102,26 +129,33 @@ class Sampler:
 
     pids: list[int]
     samples: list[Sample] = field(default_factory=list)
+    by_thread: bool = False  # also CPU by thread class (one JVM: the broker)
 
     def sample(self, count: float) -> Sample:
         pids = with_descendants(self.pids)
-        sample = Sample(time.time(), sum(cpu_seconds(p) for p in pids), count)
+        parts = thread_cpu_seconds(self.pids[0]) if self.by_thread else {}
+        sample = Sample(time.time(), sum(cpu_seconds(p) for p in pids), count, parts)
         self.samples.append(sample)
         return sample
 
-    def cpu_at(self, wall: float) -> float:
-        """CPU seconds at a wall time, interpolated between samples."""
+    def cpu_at(self, wall: float, part: str | None = None) -> float:
+        """CPU seconds at a wall time, interpolated between samples (of one thread
+        class, with ``part``)."""
         samples = self.samples
+
+        def cpu(sample: Sample) -> float:
+            return sample.cpu if part is None else sample.parts.get(part, 0.0)
+
         if not samples:
             return 0.0
         if wall <= samples[0].wall:
-            return samples[0].cpu
+            return cpu(samples[0])
         for before, after in pairwise(samples):
             if before.wall <= wall <= after.wall:
                 span = after.wall - before.wall
                 frac = (wall - before.wall) / span if span > 0 else 1.0
-                return before.cpu + frac * (after.cpu - before.cpu)
-        return samples[-1].cpu
+                return cpu(before) + frac * (cpu(after) - cpu(before))
+        return cpu(samples[-1])
 
     def peak_rss_bytes(self) -> int:
         return 1024 * sum(status_kb(p, "VmHWM") for p in with_descendants(self.pids))

@@ -204,7 +204,7 @@ def watch(
     machine it shares the cores with the variant.
     """
     sampler: Sampler | None = None
-    broker = Sampler([broker_pid]) if broker_pid else None
+    broker = Sampler([broker_pid], by_thread=True) if broker_pid else None
     first: tuple[float, float] | None = None  # (wall, count) of the first sample with progress
     done_sample: float | None = None
     reported_first = reported_done = None
@@ -264,6 +264,10 @@ def watch(
         broker_cpu = broker.cpu_at(t1) - broker.cpu_at(t0)
         outcome.info["broker_cpu_seconds_per_million"] = round(broker_cpu / events * 1e6, 2)
         outcome.info["broker_cores"] = round(broker_cpu / (t1 - t0), 2)
+        outcome.info["broker_cpu_seconds_per_million_by_thread"] = {
+            part: round((broker.cpu_at(t1, part) - broker.cpu_at(t0, part)) / events * 1e6, 2)
+            for part in ("work", "jit", "gc")
+        }
     outcome.info["timeline"] = _timeline(sampler, started_wall)
     return outcome
 

@@ -169,21 +169,40 @@ def preload(ctx: Context, settings: Settings) -> dict[str, Any]:
 
 
 async def _end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    return (await _topic_end_offsets(settings, [topic]))[topic]
+
+
+async def _topic_end_offsets(settings: Settings, topics: list[str]) -> dict[str, dict[int, int]]:
+    """Each topic's end offset per partition (0 partitions: the topic does not exist)."""
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
 
     consumer = AIOKafkaConsumer(**settings.kafka_client_options())
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()
+        await consumer._client.force_metadata_update()
+        out: dict[str, dict[int, int]] = {}
+        for topic in topics:
             partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        ends = await consumer.end_offsets(tps)
-        return {tp.partition: offset for tp, offset in ends.items()}
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            ends = await consumer.end_offsets(tps) if tps else {}
+            out[topic] = {tp.partition: offset for tp, offset in ends.items()}
+        return out
     finally:
         await consumer.stop()
+
+
+def _written_per_event(settings: Settings, events: int) -> dict[str, float]:
+    """What the worker wrote to each of its topics per input event: offsets, so
+    records plus one transaction marker per partition and transaction. Where the
+    broker's work per event comes from."""
+    topics = [
+        settings.partials_topic, settings.activity_topic, settings.ingest_state_topic,
+        settings.risk_state_topic, settings.aggregate_state_topic, settings.metrics_topic,
+        settings.flagged_topic, settings.dlq_topic,
+    ]
+    ends = asyncio.run(_topic_end_offsets(settings, topics))
+    return {topic: round(sum(ends[topic].values()) / events, 4) for topic in topics}
 
 
 # --- measuring one variant ---------------------------------------------------------------
@@ -393,6 +412,7 @@ def run_worker(ctx: Context, topic: str) -> Outcome:
         outcome.info["late_events"] = _metric_sum(scraped, "messaging_late_events_total")
         outcome.info["batches"] = _metric_sum(scraped, "messaging_ingest_batch_size_events_count")
         outcome.info["ingest_processes"] = settings.ingest_processes
+        outcome.info["offsets_written_per_event"] = _written_per_event(settings, ctx.args.events)
     finally:
         ctx.processes.stop(worker)
         starter.join(5)

@@ -70,6 +70,15 @@ def show(result: dict[str, Any], console: Console) -> None:
         console.print(table)
         for note in notes:
             console.print(f"  {note}")
+    restart = result.get("restart")
+    if restart:
+        console.print(
+            f"restart after kill -9: {restart['restart_seconds']:.1f} s from the new worker's "
+            f"start to {restart['new_events']:,} new events processed, with "
+            f"{restart['conversations'] or 0:,} conversations in state "
+            f"({restart['events']:,} events); RSS {restart['rss_before_kill_bytes'] / MIB:.0f} MiB "
+            f"before the kill, {restart['rss_after_restart_bytes'] / MIB:.0f} MiB after"
+        )
     fresh = result.get("freshness")
     if fresh:
         if fresh.get("status") == "failed":

@@ -140,13 +140,14 @@ def preload(ctx: Context, settings: Settings) -> dict[str, Any]:
         profile, seed=args.seed, start_ts=time.time() - span,
         rate=args.event_rate, speed=args.speed, members=settings.producer_members,
     )
-    sizes = [0]
+    sizes, conversations = [0], [0]
     dumps = orjson.dumps
 
     def records() -> Iterator[tuple[bytes, bytes]]:
         for event in islice(simulator.events(), n):
             value = dumps(event)
             sizes[0] += len(value)
+            conversations[0] += bool(event.get("first_in_conversation"))
             yield event["conversation_id"].encode(), value
 
     console.log(f"preloading {n:,} events into {settings.events_topic} "
@@ -165,6 +166,7 @@ def preload(ctx: Context, settings: Settings) -> dict[str, Any]:
         "seconds": seconds, "events_per_second": n / seconds,
         "mean_event_bytes": sizes[0] / n, "event_rate": args.event_rate, "speed": args.speed,
         "seed": args.seed, "per_partition": {str(p): c for p, c in sorted(ends.items())},
+        "conversations": conversations[0],
     }
 
 
@@ -648,6 +650,73 @@ def run_soak(ctx: Context) -> dict[str, Any]:
     }
 
 
+# --- restart: from a kill -9 to processing new input ---------------------------------------
+def run_restart(ctx: Context, topic: str, preloaded: dict[str, Any]) -> dict[str, Any]:
+    """The worker takes the preloaded events (its state: every conversation they
+    started), is killed with SIGKILL, new events arrive, and a new worker starts: the
+    time from its start to having processed all the new events is what a crash costs
+    (process start, group join, state restore, then the batch)."""
+    args = ctx.args
+    settings = ctx.settings("restart", events_topic=topic)
+    log_path = ctx.logs / "restart-worker.log"
+    first = WorkerProcess(settings, log_path)
+    ctx.processes.adopt(first, first.stop)
+    console.log(f"restart: the worker takes the {args.events:,} preloaded events")
+    started = time.time()
+    first.start()
+    wait_until(lambda: processed_total(first) >= args.events, ctx.timeout,
+               "the worker to take the preloaded events", interval=0.5)
+    assert first.process is not None
+    rss = rss_of_tree(first.process.pid, "VmRSS")
+    took = time.time() - started
+    console.log(f"restart: took them in {took:.1f} s; RSS {rss / 2**20:.0f} MiB; kill -9")
+    first.kill()
+    ctx.processes.stop(first)
+    new_events = args.restart_new_events
+    simulator = Simulator(
+        SimulationProfile(), seed=args.seed + 1, start_ts=time.time() - 60.0,
+        rate=args.event_rate, speed=args.speed, members=settings.producer_members,
+    )
+    produce(settings, [  # type: ignore[arg-type]
+        (event["conversation_id"].encode(), orjson.dumps(event))
+        for event in islice(simulator.events(), new_events)
+    ])
+    second = WorkerProcess(settings, log_path)
+    ctx.processes.adopt(second, second.stop)
+    began = time.time()
+    second.start(wait=False)
+    answered = None
+    while True:
+        if second.process is None or second.process.poll() is not None:
+            raise RuntimeError(f"the restarted worker exited; see {log_path}")
+        try:
+            done = processed_total(second)
+            answered = answered or time.time()
+        except OSError:
+            done = 0
+        if done >= new_events:
+            break
+        if time.time() - began > ctx.timeout:
+            raise TimeoutError(f"the restarted worker processed {done} of {new_events} events")
+        time.sleep(0.1)
+    restart_seconds = time.time() - began
+    assert second.process is not None
+    rss_after = rss_of_tree(second.process.pid, "VmRSS")
+    ctx.processes.stop(second)
+    console.log(f"restart: {restart_seconds:.1f} s from start to {new_events:,} new events "
+                f"processed (/metrics up after {(answered or began) - began:.1f} s); "
+                f"RSS {rss_after / 2**20:.0f} MiB")
+    return {
+        "events": args.events, "conversations": preloaded.get("conversations"),
+        "first_run_seconds": round(took, 2), "rss_before_kill_bytes": rss,
+        "new_events": new_events, "restart_seconds": round(restart_seconds, 2),
+        "metrics_up_seconds": round((answered or began) - began, 2),
+        "rss_after_restart_bytes": rss_after,
+        "restored": [line.strip() for line in log_path.read_text().splitlines()
+                     if "restored partitions" in line][-8:],
+    }
+
+
 # --- versions and the whole run ------------------------------------------------------------
 def versions() -> dict[str, str | None]:
     from deploy.local_kafka import kafka_version
@@ -720,6 +789,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="grace of the Quix tumbling window (default %(default)s: no drops)")
     parser.add_argument("--output-dir", type=Path, default=RESULTS,
                         help="where the JSON, PNG and logs go (default bench/results)")
+    restart = parser.add_argument_group("restart (instead of the comparison)")
+    restart.add_argument("--restart", action="store_true",
+                         help="run only the restart measurement: the worker takes --events "
+                         "preloaded events, is killed with SIGKILL, and a new one starts")
+    restart.add_argument("--restart-new-events", type=int, default=2_000,
+                         help="events produced while the worker is down (default %(default)s)")
     soak = parser.add_argument_group("soak (instead of the comparison)")
     soak.add_argument("--soak-minutes", type=float, default=None,
                       help="run only the soak: the worker under a live producer this long")
@@ -790,6 +865,10 @@ def main(argv: list[str] | None = None) -> int:
                                 "version": result["versions"]["kafka_broker"], "pid": broker.pid}
         if args.soak_minutes:
             result["soak"] = run_soak(ctx)
+        elif args.restart:
+            preload_settings = ctx.settings("preload")
+            result["preload"] = preload(ctx, preload_settings)
+            result["restart"] = run_restart(ctx, preload_settings.events_topic, result["preload"])
         elif chosen:
             preload_settings = ctx.settings("preload")
             result["preload"] = preload(ctx, preload_settings)
@@ -806,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
                 outcome.info["loadavg_before"] = load  # others' load skews the numbers
                 outcomes.append(outcome)
                 console.log(report.one_line(outcome))
-        if not args.soak_minutes and not args.skip_freshness:
+        if not args.soak_minutes and not args.restart and not args.skip_freshness:
             console.rule("freshness: messaging-metrics worker, live producer")
             load = loadavg()
             try:

@@ -32,3 +32,24 @@ def test_bench_runs_and_reports_every_variant(kafka_bootstrap: str, tmp_path) ->
         assert outcomes[name]["peak_rss_bytes"] > 0
     assert outcomes["ceiling"]["events_per_second"] > 0
     assert result["versions"]["faust-streaming"] and result["versions"]["aiokafka"]
+    written = outcomes["worker"]["info"]["offsets_written_per_event"]
+    state = next(rate for topic, rate in written.items() if topic.endswith(".ingest.state"))
+    assert 0 < state < 2, written  # conversation changelog records, a few per event at most
+
+
+def test_bench_restart_measures_a_kill_and_a_restart(kafka_bootstrap: str, tmp_path) -> None:
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--restart", "--events", "20000",
+         "--restart-new-events", "500", "--output-dir", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    (result_file,) = tmp_path.glob("*.json")
+    restart = json.loads(result_file.read_text())["restart"]
+    assert restart["events"] == 20_000 and restart["new_events"] == 500
+    assert 0 < restart["conversations"] < 20_000
+    assert restart["restart_seconds"] > restart["metrics_up_seconds"] > 0
+    assert restart["rss_before_kill_bytes"] > 0 and restart["rss_after_restart_bytes"] > 0
+    assert any("ingest restored" in line for line in restart["restored"]), restart["restored"]
+    assert "restart after kill -9" in completed.stdout

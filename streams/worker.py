@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import threading
 from typing import Any
 
@@ -72,11 +71,7 @@ class GracefulWorker(faust.Worker):
         self._timeout = timeout
         self._stages_stopped = False
         self._shutting_down = False
-        worker.on_failure = self._on_stage_failure
-
-    def _on_stage_failure(self) -> None:
-        self._begin_shutdown()
-        self._schedule_shutdown(signal.SIGTERM)
+        worker.on_failure = self._on_sigterm  # a stage that cannot go on: as a SIGTERM
 
     def _on_sigterm(self) -> None:
         self._begin_shutdown()

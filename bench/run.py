@@ -814,6 +814,8 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     chosen = [v.strip() for v in args.variants.split(",") if v.strip() not in ("", "none")]
+    if args.restart:
+        chosen = []  # the restart measurement instead of the comparison
     unknown = [v for v in chosen if v not in VARIANTS]
     if unknown:
         console.print(f"unknown variant(s) {unknown}; choose from {list(ORDER)}")
@@ -865,14 +867,12 @@ def main(argv: list[str] | None = None) -> int:
                                 "version": result["versions"]["kafka_broker"], "pid": broker.pid}
         if args.soak_minutes:
             result["soak"] = run_soak(ctx)
-        elif args.restart:
-            preload_settings = ctx.settings("preload")
-            result["preload"] = preload(ctx, preload_settings)
-            result["restart"] = run_restart(ctx, preload_settings.events_topic, result["preload"])
-        elif chosen:
+        elif args.restart or chosen:
             preload_settings = ctx.settings("preload")
             result["preload"] = preload(ctx, preload_settings)
             topic = preload_settings.events_topic
+            if args.restart:
+                result["restart"] = run_restart(ctx, topic, result["preload"])
             for name in chosen:
                 console.rule(f"{name}: {VARIANTS[name]}")
                 load = loadavg()

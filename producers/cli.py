@@ -48,15 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser, settings: Settings) -> None:
         "--rate",
         type=float,
         default=settings.producer_rate,
-        help="events per wall second, 0 = as fast as possible "
-        "(default %(default)s, env PRODUCER_RATE)",
+        help="mean events per wall second (the time of day shapes it), 0 = as fast as "
+        "possible (default %(default)s, env PRODUCER_RATE)",
     )
     parser.add_argument(
         "--speed",
         type=float,
         default=settings.producer_speed,
-        help="event-time seconds per wall second; conversation starts arrive every "
-        "speed/rate event seconds on average (default %(default)s, env PRODUCER_SPEED)",
+        help="event-time seconds per wall second: an event is sent (ts - start) / speed "
+        "wall seconds after the start, so a simulated day lasts 86400/speed seconds "
+        "(default %(default)s, env PRODUCER_SPEED)",
     )
     parser.add_argument(
         "--seed",

@@ -1,4 +1,11 @@
-"""Drive the simulator into a sink at a wall-clock rate, bounded by count or duration.
+"""Drive the simulator into a sink in compressed real time, bounded by count or duration.
+
+Pacing follows event time: an event is sent when ``(ts - start) / speed`` wall seconds
+have passed, so one simulated day lasts exactly ``86400 / speed`` wall seconds and "the
+same time yesterday" is exactly that long ago. The event rate then varies as traffic
+does (the time of day shapes it) around ``rate``, which the simulator's density is set
+for. (Pacing by count instead would warp event time: at night, with fewer events per
+event second, the clock would race, and a simulated day would not last a fixed time.)
 
 A run may start with a warmup: ``warmup`` event-time seconds of history before the start,
 sent as fast as possible, so that reply rates and latencies are at steady state when the
@@ -65,7 +72,8 @@ async def run_producer(
 ) -> ProduceReport:
     """Send ``events`` events (or for ``duration`` wall seconds, or until cancelled).
 
-    ``rate`` is events per wall second (0: as fast as possible). ``warmup`` event-time
+    ``rate`` is the mean events per wall second (0: as fast as possible); event time runs
+    ``speed`` times wall time. ``warmup`` event-time
     seconds of history before ``start_ts`` go first, as fast as possible; ``events`` and
     ``duration`` count them too. ``scenario`` names a producers.scenarios scenario whose
     incident starts ``incident_after`` event seconds after ``start_ts``. The sink is
@@ -102,9 +110,9 @@ async def run_producer(
                      chosen.incident_start)
         history, paced = _split_at(stream, begin)
         chunk = max(1, min(MAX_CHUNK, int(rate * TICK_SECONDS))) if rate > 0 else MAX_CHUNK
-        # (events, events per wall second or 0 for as fast as possible, is the warmup)
-        for part, part_rate, is_warmup in ((history, 0.0, True), (paced, rate, False)):
-            part_started, part_sent = monotonic(), 0
+        # (events, whether paced, is the warmup)
+        for part, is_paced, is_warmup in ((history, False, True), (paced, rate > 0, False)):
+            part_started = monotonic()
             size = MAX_CHUNK if is_warmup else chunk
             while events is None or sent < events:
                 now = monotonic()
@@ -115,9 +123,14 @@ async def run_producer(
                 )
                 if not batch:
                     break  # the warmup's history is all sent
+                if is_paced:  # a chunk goes out when its first event is due, never early
+                    due = part_started + (batch[0]["ts"] - begin) / speed
+                    if duration is not None and due >= started + duration:
+                        await asyncio.sleep(max(0.0, started + duration - monotonic()))
+                        break
+                    await asyncio.sleep(max(0.0, due - monotonic()))
                 interrupted = await _write_whole(sink, batch)
                 sent += len(batch)
-                part_sent += len(batch)
                 if is_warmup:
                     warmup_sent += len(batch)
                 first_ts = batch[0]["ts"] if first_ts is None else first_ts
@@ -131,10 +144,8 @@ async def run_producer(
                     recent = (sent - last_log_sent) / (now - last_log_at)
                     log.info("sent %d events (%.0f/s)", sent, recent)
                     last_log_at, last_log_sent = now, sent
-                delay = part_started + part_sent / part_rate - now if part_rate > 0 else 0.0
-                if duration is not None:
-                    delay = min(delay, started + duration - now)
-                await asyncio.sleep(max(0.0, delay))
+                if not is_paced:
+                    await asyncio.sleep(0)  # let the sink's and the signals' tasks run
             if is_warmup and warmup_sent and last_ts is not None:
                 log.info(
                     "warmup: sent %d events, %.0f of %.0f event-seconds of history, in %.1f s",

@@ -188,10 +188,10 @@ class Settings(BaseSettings):
 
     # --- producer (CLI options fall back to these) -----------------------------------
     producer_rate: float = Field(
-        default=2000.0, ge=0, description="Events per wall second; 0 sends as fast as possible."
+        default=2000.0, ge=0, description="Mean events per wall second (the time of day shapes it); 0 sends as fast as possible."
     )
     producer_speed: float = Field(
-        default=60.0, gt=0, description="Event-time seconds per wall second (time compression)."
+        default=60.0, gt=0, description="Event-time seconds per wall second (time compression): the producer sends each event when (ts - start) / speed wall seconds have passed."
     )
     producer_seed: int = Field(default=42, description="Simulator seed.")
     producer_members: int = Field(default=20_000, ge=10, description="Simulated population.")

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.e2e
 
 SPEED = 720.0  # event seconds per wall second: a simulated day in two wall minutes
 WINDOW = 720  # event seconds: one window per wall second
-RATE = 3000  # events per wall second, i.e. per window
+RATE = 3000  # mean events per wall second, i.e. per window
 WARMUP = 36 * 3600.0  # event seconds of history first: reply latencies run to days
 DAY = 86_400 / SPEED  # wall seconds: the alerts' "same time yesterday"
 INMAIL_HORIZON = 36 * 3600.0  # event seconds: finals within the run, and longer than a day

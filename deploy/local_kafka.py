@@ -34,7 +34,15 @@ log = logging.getLogger(__name__)
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 POM = KAFKA_DIR / "pom.xml"
 LOG4J_CONFIG = KAFKA_DIR / "log4j2.properties"
-JAVA_HEAP = "-Xmx768m"
+# Kafka's recommended G1 settings, with its 16 MB regions: our stages send produce
+# requests of several MB (a transaction's batches), and with the 1 MB regions G1
+# picks for a heap this size each request buffer is a "humongous" object that starts
+# a concurrent GC cycle. Measured (bench, 1M events): in 2 of 7 runs those cycles
+# doubled the broker's CPU per event (8 s/M against 4); with 16 MB regions, none.
+JVM_OPTIONS = (
+    "-Xmx768m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35", "-XX:G1HeapRegionSize=16M",
+)
 
 
 def kafka_version() -> str:
@@ -179,7 +187,7 @@ class LocalKafka:
         config.touch(mode=0o600)  # a secured broker's holds its admin's password
         config.write_text(self._properties())
         classpath = f"{jars}/*"
-        base = [_java(), JAVA_HEAP, "-cp", classpath, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}"]
+        base = [_java(), *JVM_OPTIONS, "-cp", classpath, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}"]
         if not (self.data_dir / "logs" / "meta.properties").exists():
             subprocess.run(
                 [*base, "kafka.tools.StorageTool", "format", "-t", self.cluster_id,

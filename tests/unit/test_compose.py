@@ -252,3 +252,18 @@ def test_prometheus_discovers_scaled_workers() -> None:
     ]
     assert discovered, "no dns_sd_configs with names: [worker]"
     assert discovered[0].get("type", "SRV") == "A" and discovered[0].get("port") == 6066
+
+
+def test_every_compose_broker_runs_the_local_brokers_garbage_collector_settings() -> None:
+    """The G1 options the local broker runs with (16 MB regions: our MB-sized produce
+    requests are not humongous) are every compose broker's too, cluster profile included:
+    the same broker in both, the same cost per event."""
+    from deploy.local_kafka import JVM_OPTIONS
+
+    gc_options = {option for option in JVM_OPTIONS if option.startswith("-XX:")}
+    brokers = {name: service for name, service in rendered(env_file(CLUSTER_ENV)).items()
+               if str(service.get("image", "")).startswith("apache/kafka")}
+    assert len(brokers) == 3
+    for name, service in brokers.items():
+        options = set(_environment(service).get("KAFKA_JVM_PERFORMANCE_OPTS", "").split())
+        assert gc_options <= options, f"{name}: {sorted(gc_options - options)} missing"

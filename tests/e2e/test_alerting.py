@@ -65,16 +65,18 @@ class Stack:
         )
         self.monitoring.workdir.mkdir()
         self.producer: subprocess.Popen[bytes] | None = None
-        self.live_from = float("inf")
+        self.live_from = self.incident_ts = float("inf")
         self.tmp_path = tmp_path
 
     def produce(self, scenario: str, incident_after: float, duration: float) -> None:
         env = settings_env(self.settings)
-        self.live_from = time.time()  # the producer's live events are stamped from here on
+        self.live_from = time.time()  # the event time where the producer's live part starts
+        self.incident_ts = self.live_from + incident_after
         with open(self.tmp_path / "producer.log", "ab") as out:
             self.producer = subprocess.Popen(
                 [sys.executable, "-m", "streams", "produce", "--scenario", scenario,
                  "--rate", str(RATE), "--speed", str(SPEED), "--warmup", str(WARMUP),
+                 "--start-ts", repr(self.live_from),
                  "--incident-after", str(incident_after), "--duration", str(duration),
                  "--seed", "17"],
                 env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
@@ -90,10 +92,12 @@ class Stack:
 
     def _caught_up(self) -> bool:
         scraped = self.worker.scrape()
-        closed_up_to = max((v for (n, _), v in scraped.items()
-                            if n == "messaging_window_end_timestamp_seconds"), default=0.0)
         lag = scraped.get(("messaging_consumer_lag_messages", frozenset()), 1e9)
-        return closed_up_to > self.live_from and lag < RATE
+        return closed_up_to(scraped) > self.live_from and lag < RATE
+
+    def incident_closed(self) -> bool:
+        """Has a window holding the incident's first events closed?"""
+        return closed_up_to(self.worker.scrape()) > self.incident_ts
 
     def stop(self) -> None:
         if self.producer is not None and self.producer.poll() is None:
@@ -135,6 +139,12 @@ def make_stack(settings: Settings, tmp_path: Path) -> Iterator[Callable[[str], S
                 receiver.server.server_close()
 
 
+def closed_up_to(scraped: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> float:
+    """The end (event time) of the newest window a worker has closed."""
+    return max((v for (n, _), v in scraped.items()
+                if n == "messaging_window_end_timestamp_seconds"), default=0.0)
+
+
 def firing_in_prometheus(monitoring: LocalMonitoring) -> set[str]:
     return {
         r["metric"]["alertname"]
@@ -156,7 +166,9 @@ def test_spam_wave_alert_reaches_the_webhook(make_stack) -> None:
 def test_latency_incident_alerts_while_the_baseline_stays_quiet(make_stack) -> None:
     """Two stacks side by side, so the simulated day each needs runs once."""
     baseline, incident_stack = make_stack("baseline"), make_stack("latency")
-    incident = DAY + 25  # a day of history in Prometheus first, for "yesterday"
+    # The incident starts this long (wall) after the live start: a day of history in
+    # Prometheus first, for "yesterday", after the warmup's catch-up (15-30 s).
+    incident = DAY + 60
     # the producers outlive the watch (stopped at teardown): a stopped producer would,
     # rightly, look like a stalled pipeline
     baseline.produce("baseline", incident_after=0, duration=incident + 300)
@@ -164,26 +176,29 @@ def test_latency_incident_alerts_while_the_baseline_stays_quiet(make_stack) -> N
                            duration=incident + 300)
     started = time.monotonic()
     seen: set[str] = set()
-    fired_at = None
-    # What the alert waits for after the incident starts: the p95 to rise (80-149 event
-    # minutes, 7-12 s here), its 30m average (10 s), its for: (15 s), a rule evaluation
-    # and Alertmanager's group_wait (1 s each): about 40 s on an idle machine; 43 s was
-    # seen with both stacks sharing two cores. The baseline is watched at least until
-    # incident + 50 s; past that, only a late alert is waited for, up to incident + 110 s.
-    while (elapsed := time.monotonic() - started) < incident + 110 and (
-        fired_at is None or elapsed < incident + 50
+    incident_at = fired_at = None  # when the incident's first window closed; the alert
+    # What the alert waits for after the incident's first window: the p95 to rise (a
+    # few windows), its 30m average (10 s), its for: (15 s), a rule evaluation and
+    # Alertmanager's group_wait (1 s each): 20-30 s. The baseline is watched until
+    # incident + 50 s at least; past that, only a late alert is waited for.
+    while (elapsed := time.monotonic() - started) < incident + 150 and (
+        fired_at is None or incident_at is None or elapsed < incident_at + 50
     ):
         seen |= firing_in_prometheus(baseline.monitoring)
+        if incident_at is None and incident_stack.incident_closed():
+            incident_at = elapsed
         if fired_at is None and any(
             name.startswith("MessagingFirstReplyLatency")
             for name, _ in incident_stack.webhook.firing()
         ):
-            fired_at = time.monotonic() - started
+            fired_at = elapsed
         time.sleep(1.0)
-    print(f"latency-incident: latency alert at the webhook {fired_at or 0:.0f}s after "
-          f"monitoring started (incident {incident:.0f}s after the warmup)")
+    print(f"latency-incident: the incident's first window closed {incident_at or 0:.0f}s "
+          f"after monitoring started, its latency alert reached the webhook "
+          f"{(fired_at or 0) - (incident_at or 0):.0f}s later")
+    assert incident_at is not None, "the incident's windows never closed"
     assert fired_at is not None, "the latency alert never reached the webhook"
-    assert fired_at > incident - 15, "fired before the incident"
+    assert fired_at > incident_at, "fired before the incident"
     assert seen == set(), f"alerts fired on baseline traffic: {seen}"
     assert baseline.webhook.firing() == set()
     # every panel target of the board, variables substituted, returns data

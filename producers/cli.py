@@ -8,11 +8,13 @@ import functools
 import logging
 import signal
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from aiokafka.errors import KafkaError
 
+from producers.profile import SimulationProfile
 from producers.run import run_producer
 from producers.scenarios import INCIDENT_AFTER_SECONDS, SCENARIO_NAMES
 from producers.sinks import JsonlSink, KafkaSink, Sink
@@ -114,6 +116,15 @@ def add_arguments(parser: argparse.ArgumentParser, settings: Settings) -> None:
         "and --duration count it too (default %(default)s, env PRODUCER_WARMUP_SECONDS)",
     )
     parser.add_argument(
+        "--diurnal-amplitude",
+        type=float,
+        metavar="A",
+        default=settings.producer_diurnal_amplitude,
+        help="how much the time of day shapes traffic: conversation starts follow "
+        "1 + A*cos(hour - 14h UTC), 0 = flat, below 1 (default %(default)s, env "
+        "PRODUCER_DIURNAL_AMPLITUDE)",
+    )
+    parser.add_argument(
         "--sink",
         choices=("kafka", "jsonl"),
         default="kafka",
@@ -142,6 +153,10 @@ async def main(args: argparse.Namespace, settings: Settings) -> int:
     incident_after = getattr(args, "incident_after", INCIDENT_AFTER_SECONDS)
     if warmup < 0 or incident_after < 0:
         log.error("--warmup and --incident-after must be >= 0")
+        return 2
+    amplitude = getattr(args, "diurnal_amplitude", settings.producer_diurnal_amplitude)
+    if not 0.0 <= amplitude < 1.0:
+        log.error("--diurnal-amplitude must be in [0, 1), not %s", amplitude)
         return 2
     grants = access.producer_grants(settings.model_copy(update={"events_topic": args.topic}))
     if args.sink == "kafka":
@@ -173,6 +188,7 @@ async def main(args: argparse.Namespace, settings: Settings) -> int:
             speed=args.speed,
             seed=args.seed,
             start_ts=args.start_ts,
+            profile=replace(SimulationProfile(), diurnal_amplitude=amplitude),
             members=getattr(args, "members", None),
             scenario=scenario,
             warmup=warmup,

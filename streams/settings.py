@@ -200,6 +200,10 @@ class Settings(BaseSettings):
         description="Simulator scenario: baseline, spam-wave, reply-drop, latency-incident "
         "or bot-sender; the incident starts 30 event-minutes in (docs/runbooks.md).",
     )
+    producer_diurnal_amplitude: float = Field(
+        default=0.6, ge=0, lt=1, description="How much the time of day shapes the "
+        "simulated traffic: conversation starts follow 1 + A*cos(hour - 14h UTC); 0 is flat.",
+    )
     producer_warmup_seconds: float = Field(
         default=0.0, ge=0, description="Event-time seconds of history generated before the "
         "start and sent as fast as possible, so rates and latencies start at steady state.",

@@ -175,3 +175,31 @@ def test_cli_main_writes_jsonl_and_logs_the_summary(
         assert asyncio.run(main(args, SETTINGS)) == 0
     assert len(read(path)) == 700
     assert any(r.getMessage().startswith("produced 700 events in") for r in caplog.records)
+
+
+def test_cli_diurnal_amplitude_shapes_the_day_and_is_checked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Amplitude 0: conversations start as often at 02:00 UTC (the trough) as at 14:00
+    (the peak); at the default 0.6 the night's starts come 1.6/0.4 = 4 times apart."""
+
+    def start_gap(hour: int, amplitude: str) -> float:
+        """Mean event seconds between the first 1,000 conversation starts."""
+        path = tmp_path / f"{hour}-{amplitude}.jsonl"
+        args = parser().parse_args([
+            "--sink", "jsonl", "--output", str(path), "--rate", "0", "--members", "500",
+            "--events", "6000", "--start-ts", f"2026-01-01T{hour:02d}:00:00Z",
+            "--diurnal-amplitude", amplitude,
+        ])
+        assert asyncio.run(main(args, SETTINGS)) == 0
+        starts = [e["ts"] for e in read(path) if e.get("first_in_conversation")][:1000]
+        assert len(starts) == 1000
+        return (starts[-1] - starts[0]) / 999
+
+    assert 0.85 < start_gap(2, "0") / start_gap(14, "0") < 1.15
+    assert 3.0 < start_gap(2, "0.6") / start_gap(14, "0.6") < 5.0
+    bad = parser().parse_args(["--sink", "jsonl", "--output", str(tmp_path / "x"),
+                               "--diurnal-amplitude", "1.2"])
+    with caplog.at_level(logging.ERROR, logger="producers"):
+        assert asyncio.run(main(bad, SETTINGS)) == 2
+    assert "--diurnal-amplitude must be in [0, 1)" in caplog.text

@@ -22,6 +22,7 @@ import pytest
 
 from deploy.grafana_board import build_dashboard, panel_queries
 from deploy.local_monitoring import LocalMonitoring, TimeCompression
+from producers.profile import SimulationProfile
 from streams.kafka.io import ensure_topics
 from streams.settings import Settings
 from tests.e2e.conftest import WebhookReceiver
@@ -43,7 +44,7 @@ RATE = 3000  # events per wall second, i.e. per window
 # incidents are measured against it, and a 6-hour notification delay on a flat day
 # barely moves the p95 (23,900 s at most against 12,500).
 FLAT_DAY = 0.0
-SHAPED_DAY = 0.6  # the simulator's default
+SHAPED_DAY = SimulationProfile().diurnal_amplitude  # the simulator's own
 WARMUP = 36 * 3600.0  # event seconds of history first: reply latencies run to days
 DAY = 86_400 / SPEED  # wall seconds: the alerts' "same time yesterday"
 INMAIL_HORIZON = 36 * 3600.0  # event seconds: finals within the run, and longer than a day

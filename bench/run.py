@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import importlib.metadata
 import importlib.util
+import math
 import os
 import platform
 import shutil
@@ -140,7 +141,7 @@ def preload(ctx: Context, settings: Settings) -> dict[str, Any]:
         profile, seed=args.seed, start_ts=time.time() - span,
         rate=args.event_rate, speed=args.speed, members=settings.producer_members,
     )
-    sizes, conversations = [0], [0]
+    sizes, conversations, last_ts = [0], [0], [-math.inf]
     dumps = orjson.dumps
 
     def records() -> Iterator[tuple[bytes, bytes]]:
@@ -148,6 +149,7 @@ def preload(ctx: Context, settings: Settings) -> dict[str, Any]:
             value = dumps(event)
             sizes[0] += len(value)
             conversations[0] += bool(event.get("first_in_conversation"))
+            last_ts[0] = max(last_ts[0], event["ts"])
             yield event["conversation_id"].encode(), value
 
     console.log(f"preloading {n:,} events into {settings.events_topic} "
@@ -166,7 +168,7 @@ def preload(ctx: Context, settings: Settings) -> dict[str, Any]:
         "seconds": seconds, "events_per_second": n / seconds,
         "mean_event_bytes": sizes[0] / n, "event_rate": args.event_rate, "speed": args.speed,
         "seed": args.seed, "per_partition": {str(p): c for p, c in sorted(ends.items())},
-        "conversations": conversations[0],
+        "conversations": conversations[0], "last_event_ts": last_ts[0],
     }
 
 
@@ -673,8 +675,12 @@ def run_restart(ctx: Context, topic: str, preloaded: dict[str, Any]) -> dict[str
     first.kill()
     ctx.processes.stop(first)
     new_events = args.restart_new_events
+    # The stream goes on where the preload ended, as it does after a real crash. (New
+    # events stamped "a minute ago" fell into windows the preload had already closed
+    # whenever its last events were newer than that: all dropped as late, the restart
+    # never done.)
     simulator = Simulator(
-        SimulationProfile(), seed=args.seed + 1, start_ts=time.time() - 60.0,
+        SimulationProfile(), seed=args.seed + 1, start_ts=preloaded["last_event_ts"] + 1.0,
         rate=args.event_rate, speed=args.speed, members=settings.producer_members,
     )
     produce(settings, [  # type: ignore[arg-type]
@@ -690,12 +696,18 @@ def run_restart(ctx: Context, topic: str, preloaded: dict[str, Any]) -> dict[str
         if second.process is None or second.process.poll() is not None:
             raise RuntimeError(f"the restarted worker exited; see {log_path}")
         try:
-            done = processed_total(second)
+            scraped = second.scrape()
             answered = answered or time.time()
         except OSError:
-            done = 0
+            scraped = {}
+        done = _metric_sum(scraped, "messaging_events_processed_total")
         if done >= new_events:
             break
+        dropped = (_metric_sum(scraped, "messaging_late_events_total")
+                   + _metric_sum(scraped, "messaging_invalid_events_total"))
+        if dropped and done + dropped >= new_events:
+            raise RuntimeError(f"the restarted worker dropped {dropped:.0f} of the {new_events} "
+                               f"new events as late or invalid; see {log_path}")
         if time.time() - began > ctx.timeout:
             raise TimeoutError(f"the restarted worker processed {done} of {new_events} events")
         time.sleep(0.1)

@@ -147,6 +147,9 @@ class TransactionalStage(ABC, Generic[State]):
         self._started = False
         self._incarnation = 0  # of the consumer: see _Rebalance
         self._in_flight: asyncio.Future[None] | None = None
+        # assigned, paused, state not restored yet: partition -> the assignment's token
+        self._to_restore: dict[int, int] = {}
+        self._assignments = 0
         # raised by the next batch: a rebalance callback failed (aiokafka only logs it)
         self._failure: BaseException | None = None
         self._failures_in_a_row = 0  # restarts since the last commit: the backoff
@@ -312,6 +315,9 @@ class TransactionalStage(ABC, Generic[State]):
 
     async def _run_batches(self) -> None:
         while not self._stopping.is_set():
+            if self._to_restore:
+                await self._restore_assigned()
+                continue
             batch = await self.consumer.getmany(
                 timeout_ms=self.settings.ingest_poll_timeout_ms, max_records=self.max_batch
             )
@@ -341,6 +347,7 @@ class TransactionalStage(ABC, Generic[State]):
         """The state and the rebalance callbacks of this incarnation are over."""
         self._incarnation += 1
         self.partitions.clear()
+        self._to_restore.clear()
 
     async def _restart(self) -> None:
         """Back to the last commit: in-memory state may be ahead of Kafka (the failed
@@ -368,6 +375,7 @@ class TransactionalStage(ABC, Generic[State]):
                 await self._release(owned)
             for tp in revoked:
                 self.partitions.pop(tp.partition, None)
+                self._to_restore.pop(tp.partition, None)
 
     async def _release(self, partitions: list[int]) -> None:
         """Publish what :meth:`on_release` says. Best effort: a worker that cannot reach
@@ -399,30 +407,58 @@ class TransactionalStage(ABC, Generic[State]):
     async def on_partitions_assigned(
         self, assigned: list[TopicPartition], incarnation: int
     ) -> None:
-        """Hold the fresh partitions, then restore their state. aiokafka only logs what a
-        callback raises, so a failure is kept for the next batch to raise: a partition
-        assigned without its state would otherwise be skipped until the next rebalance."""
+        """Hold the fresh partitions' watermark and pause them; their state is restored
+        by the batch loop (:meth:`_restore_assigned`), not here. aiokafka sends no
+        heartbeats while this callback runs, so a restore in it that outlasted the
+        session timeout (millions of conversations) got the member evicted, and its
+        partitions went to another member that restored them in full, in turn, over and
+        over. aiokafka only logs what a callback raises, so a failure is kept for the
+        next batch to raise: a partition assigned without its state would otherwise be
+        skipped until the next rebalance."""
         async with self._lock:
             if incarnation != self._incarnation:
                 return
-            fresh = [tp.partition for tp in assigned if tp.partition not in self.partitions]
+            fresh = [tp.partition for tp in assigned
+                     if tp.partition not in self.partitions and tp.partition not in self._to_restore]
             if not fresh:
                 return
+            # paused before anything awaits: a getmany running beside this callback must
+            # not be handed their records before their state is here
+            self.consumer.pause(*(TopicPartition(self.input_topic, p) for p in fresh))
             try:
                 await self._publish(self.on_assign, sorted(fresh))
-                states = {p: self.new_state(p) for p in fresh}
-                records = await read_partitions(
-                    self._options, self.state_topic, fresh,
-                    lambda p, m: self.restore_record(states[p], m.key, m.value),
-                )
             except Exception as exc:  # noqa: BLE001 - kept for the next batch to raise
                 log.warning("%s could not take partitions %s over (%s); it starts over",
                             self.name, sorted(fresh), exc)
                 self._failure = exc
                 return
-            self.partitions.update(states)
-            log.info("%s restored partitions %s from %d changelog records", self.name,
-                     sorted(fresh), records)
+            self._assignments += 1
+            for partition in fresh:
+                self._to_restore[partition] = self._assignments
+
+    async def _restore_assigned(self) -> None:
+        """Restore the state of the partitions assigned since the last batch, outside
+        the lock (a rebalance may revoke them meanwhile: its callback must not wait for
+        a restore), then take on those still assigned by the same assignment."""
+        if self._failure is not None:
+            raise self._failure
+        incarnation, pending = self._incarnation, dict(self._to_restore)
+        partitions = sorted(pending)
+        states = {p: self.new_state(p) for p in partitions}
+        records = await read_partitions(
+            self._options, self.state_topic, partitions,
+            lambda p, m: self.restore_record(states[p], m.key, m.value),
+        )
+        async with self._lock:
+            if incarnation != self._incarnation:
+                return
+            taken = [p for p in partitions if self._to_restore.get(p) == pending[p]]
+            for partition in taken:
+                del self._to_restore[partition]
+                self.partitions[partition] = states[partition]
+            self.consumer.resume(*(TopicPartition(self.input_topic, p) for p in taken))
+        log.info("%s restored partitions %s from %d changelog records", self.name, taken,
+                 records)
 
     # --- one transaction per batch ------------------------------------------------------
     async def _transact(self, batch: dict[TopicPartition, list[Any]]) -> None:
@@ -445,6 +481,9 @@ class TransactionalStage(ABC, Generic[State]):
             for tp, messages in batch.items():
                 state = self.partitions.get(tp.partition)
                 if state is None or not messages:
+                    if messages and tp.partition in self._to_restore:
+                        # ours, its state not restored yet: read them again after it is
+                        self.consumer.seek(tp, messages[0].offset)
                     continue  # revoked between fetch and now: the new owner redoes it
                 events += len(messages)
                 await self.process(tp, state, messages, writer)

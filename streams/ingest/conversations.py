@@ -20,9 +20,12 @@ import math
 from dataclasses import dataclass, field
 from math import floor
 
-import msgspec
-
 from streams.events import Event, InMailAnswered, MessageSent
+from streams.ingest.conversation_table import (
+    Conversation,
+    MemoryConversations,
+    StoredConversations,
+)
 from streams.partials import (
     ANSWER,
     BLOCK,
@@ -45,32 +48,6 @@ from streams.partials import (
 )
 from streams.settings import Settings
 from streams.windows import PartitionClock
-
-
-class Conversation(msgspec.Struct, array_like=True, gc=False):
-    """One conversation's start. Not tracked by Python's cycle collector (it holds only
-    strings, a float and a bool): a partition holds hundreds of thousands of these, and
-    with them tracked the collector's full passes took a third of the ingest's time."""
-
-    started_at: float
-    starter_id: str
-    recipient_id: str
-    channel: str
-    starter_type: str
-    replied: bool = False
-    responded: bool = False  # an InMail's first response: a reply or an answer
-
-    def dumps(self) -> bytes:
-        return _ENCODER.encode(self)
-
-    @classmethod
-    def loads(cls, raw: bytes) -> Conversation:
-        return _CONVERSATION_DECODER.decode(raw)
-
-
-_ENCODER = msgspec.json.Encoder()
-_CONVERSATION_DECODER = msgspec.json.Decoder(Conversation)
-
 
 # Per-sender activity counters, in this order (the risk stage's input).
 SENT_MESSAGES, REPORTS_RECEIVED, INMAILS_SENT = range(3)
@@ -126,9 +103,9 @@ class PartitionCore:
     max_ahead: float = 86_400.0
     inmail_horizon: float = 30 * 86_400.0  # an InMail's response counts this long after
     inmail_bucket: int = 86_400  # the risk rule's InMail buckets
-    conversations: dict[str, Conversation] = field(default_factory=dict)  # by start
-    # InMail conversations past conversation_ttl but within inmail_ttl, also by start
-    inmail_conversations: dict[str, Conversation] = field(default_factory=dict)
+    conversations: MemoryConversations | StoredConversations = field(
+        default_factory=MemoryConversations
+    )
     event_ids: dict[str, float] = field(default_factory=dict)  # id -> ts, oldest first
     clock: PartitionClock = field(init=False)
     inmail_ttl: float = field(init=False)
@@ -150,45 +127,16 @@ class PartitionCore:
         return None
 
     def conversation(self, conversation_id: str) -> Conversation | None:
-        """A remembered conversation, whichever dict holds it (TTL not applied)."""
-        conversation = self.conversations.get(conversation_id)
-        if conversation is None and self.inmail_conversations:
-            conversation = self.inmail_conversations.get(conversation_id)
-        return conversation
-
-    def restored(self) -> None:
-        """After a restore from the changelog (in the order of its last writes, not of
-        the starts): put the conversations back in start order, for :meth:`expire`."""
-        everyone = {**self.conversations, **self.inmail_conversations}
-        self.inmail_conversations = {}
-        self.conversations = dict(sorted(everyone.items(), key=lambda kv: kv[1].started_at))
+        """A remembered conversation (TTL not applied)."""
+        return self.conversations.get(conversation_id)
 
     def expire(self) -> tuple[list[str], list[str]]:
         """Drop conversations and event ids past their horizon; return what was dropped.
-        An InMail conversation past the usual TTL moves to the longer-lived dict."""
+        InMail conversations are kept for the longer InMail horizon."""
         now = self.clock.max_ts
-        dropped_conversations = []
-        oldest, oldest_inmail = now - self.conversation_ttl, now - self.inmail_ttl
-        moved = []
-        for conversation_id, conversation in self.conversations.items():
-            if conversation.started_at >= oldest:
-                break  # started in time order, so the rest are younger
-            if conversation.channel == "inmail" and conversation.started_at >= oldest_inmail:
-                moved.append(conversation_id)
-            else:
-                dropped_conversations.append(conversation_id)
-        for conversation_id in dropped_conversations:
-            del self.conversations[conversation_id]
-        for conversation_id in moved:
-            self.inmail_conversations[conversation_id] = self.conversations.pop(conversation_id)
-        expired_inmail = []
-        for conversation_id, conversation in self.inmail_conversations.items():
-            if conversation.started_at >= oldest_inmail:
-                break
-            expired_inmail.append(conversation_id)
-        for conversation_id in expired_inmail:
-            del self.inmail_conversations[conversation_id]
-        dropped_conversations += expired_inmail
+        dropped_conversations = self.conversations.expire(
+            now - self.conversation_ttl, now - self.inmail_ttl
+        )
         dropped_ids = []
         oldest = now - self.dedup_horizon
         for event_id, ts in self.event_ids.items():
@@ -218,8 +166,6 @@ class PartitionCore:
         batch.event_ids.append((event_id, ts))
         conversation_id = event.conversation_id
         conversation = self.conversations.get(conversation_id)
-        if conversation is None and self.inmail_conversations:
-            conversation = self.inmail_conversations.get(conversation_id)
         if (
             conversation is not None
             and conversation.started_at < ts - self.conversation_ttl
@@ -277,9 +223,9 @@ class PartitionCore:
                     activity[INMAILS_SENT] += 1
             if conversation is None:
                 conversation_id = event.conversation_id
-                self.conversations[conversation_id] = Conversation(
+                self.conversations.add(conversation_id, Conversation(
                     ts, sender_id, event.recipient_id, channel, event.sender_type,
-                )
+                ))
                 batch.touched.add(conversation_id)
                 # the InMail's cohort: its send day (a reply cohort's starts are its
                 # hour's conversations_started: the owners take them from the hour)

@@ -1,0 +1,215 @@
+"""The conversations one input partition remembers: all in memory, or on disk behind a
+bounded cache.
+
+:class:`MemoryConversations` keeps every conversation in a dict (the replay, unit tests:
+pure code, no disk). :class:`StoredConversations` keeps them in the partition's
+:class:`~streams.store.partition_store.PartitionStore` (RocksDB) and only the most
+recently used in memory, so a worker's memory does not grow with the number of
+conversations it remembers and a restart on the same disk reads only the changelog's
+tail. Both answer the same questions with the same results:
+
+- :meth:`get` a conversation by id (expired or not: the caller applies the TTL);
+- :meth:`add` a new one; a change to one it returned is made on the object itself;
+- :meth:`expire`: drop those started before a horizon (InMail ones, which count their
+  responses for 30 days, before a longer one) and say which.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+
+import msgspec
+
+from streams.store.partition_store import PartitionStore
+
+
+class Conversation(msgspec.Struct, array_like=True, gc=False):
+    """One conversation's start. Not tracked by Python's cycle collector (it holds only
+    strings, a float and a bool): a partition holds hundreds of thousands of these, and
+    with them tracked the collector's full passes took a third of the ingest's time."""
+
+    started_at: float
+    starter_id: str
+    recipient_id: str
+    channel: str
+    starter_type: str
+    replied: bool = False
+    responded: bool = False  # an InMail's first response: a reply or an answer
+
+    def dumps(self) -> bytes:
+        return _ENCODER.encode(self)
+
+    @classmethod
+    def loads(cls, raw: bytes) -> Conversation:
+        return _CONVERSATION_DECODER.decode(raw)
+
+
+_ENCODER = msgspec.json.Encoder()
+_CONVERSATION_DECODER = msgspec.json.Decoder(Conversation)
+
+
+_START = struct.Struct(">d")  # big-endian float: index keys sort by start time for ts >= 0
+_COMMON, _INMAIL = b"c", b"m"  # the two expiry indexes: other channels, InMail
+
+
+class MemoryConversations:
+    """Every conversation in memory, in start order (the order expiry walks)."""
+
+    def __init__(self) -> None:
+        self._common: dict[str, Conversation] = {}
+        # InMail conversations past the usual TTL but within the InMail one, also by start
+        self._inmail: dict[str, Conversation] = {}
+
+    def __len__(self) -> int:
+        return len(self._common) + len(self._inmail)
+
+    def get(self, conversation_id: str) -> Conversation | None:
+        conversation = self._common.get(conversation_id)
+        if conversation is None and self._inmail:
+            conversation = self._inmail.get(conversation_id)
+        return conversation
+
+    def add(self, conversation_id: str, conversation: Conversation) -> None:
+        self._common[conversation_id] = conversation
+
+    def stage(self, touched: Iterable[str]) -> list[tuple[bytes, bytes]]:
+        """The changed conversations' changelog records."""
+        return [(cid.encode(), self.get(cid).dumps()) for cid in touched]  # type: ignore[union-attr]
+
+    def restore(self, conversation_id: str, conversation: Conversation | None) -> None:
+        """A changelog record read back (in the order of its last writes)."""
+        if conversation is None:
+            self._common.pop(conversation_id, None)
+            self._inmail.pop(conversation_id, None)
+        else:
+            self._common[conversation_id] = conversation
+
+    def restored(self) -> None:
+        """After a restore: back in start order, for :meth:`expire`."""
+        everyone = {**self._common, **self._inmail}
+        self._inmail = {}
+        self._common = dict(sorted(everyone.items(), key=lambda kv: kv[1].started_at))
+
+    def expire(self, oldest: float, oldest_inmail: float) -> list[str]:
+        dropped, moved = [], []
+        for conversation_id, conversation in self._common.items():
+            if conversation.started_at >= oldest:
+                break  # started in time order, so the rest are younger
+            if conversation.channel == "inmail" and conversation.started_at >= oldest_inmail:
+                moved.append(conversation_id)
+            else:
+                dropped.append(conversation_id)
+        for conversation_id in dropped:
+            del self._common[conversation_id]
+        for conversation_id in moved:
+            self._inmail[conversation_id] = self._common.pop(conversation_id)
+        expired_inmail = []
+        for conversation_id, conversation in self._inmail.items():
+            if conversation.started_at >= oldest_inmail:
+                break
+            expired_inmail.append(conversation_id)
+        for conversation_id in expired_inmail:
+            del self._inmail[conversation_id]
+        return dropped + expired_inmail
+
+
+class StoredConversations:
+    """Conversations in a :class:`PartitionStore`, the ``cache_size`` most recently used
+    also in memory as objects.
+
+    A conversation changed by the batch in flight must not be evicted before its new
+    value is staged (the change is on the cached object), so the cache is trimmed only
+    by :meth:`stage`, after the batch's changes are in the store's staged writes. The
+    store's keys and values are the changelog's (conversation id, its JSON).
+    """
+
+    def __init__(self, store: PartitionStore, cache_size: int) -> None:
+        self.store = store
+        self.cache_size = cache_size
+        self._cache: dict[str, Conversation] = {}  # least recently used first
+        self._added: dict[str, Conversation] = {}  # new in the batch in flight
+        self._expired_below = {_COMMON: b"", _INMAIL: b""}  # skip what expiry deleted
+
+    def get(self, conversation_id: str) -> Conversation | None:
+        cache = self._cache
+        conversation = cache.pop(conversation_id, None)
+        if conversation is None:
+            raw = self.store.get(conversation_id.encode())
+            if raw is None:
+                return None
+            conversation = Conversation.loads(raw)
+        cache[conversation_id] = conversation  # now the most recently used
+        return conversation
+
+    def add(self, conversation_id: str, conversation: Conversation) -> None:
+        self._cache[conversation_id] = conversation
+        self._added[conversation_id] = conversation
+
+    def stage(self, touched: Iterable[str]) -> list[tuple[bytes, bytes]]:
+        """The changed conversations' changelog records, also staged in the store (with
+        their index entry); then the cache is trimmed to its size."""
+        cache, stage = self._cache, self.store.stage
+        records = []
+        for conversation_id in touched:
+            conversation = cache[conversation_id]  # touched in this batch: still cached
+            key, value = conversation_id.encode(), conversation.dumps()
+            stage(key, value, (_index_key(key, conversation), True))
+            records.append((key, value))
+        excess = len(cache) - self.cache_size
+        if excess > 0:
+            for conversation_id in list(_first(cache, excess)):
+                del cache[conversation_id]
+        return records
+
+    def restore(self, key: bytes, value: bytes | None) -> None:
+        """A changelog record read back: into the store (the caller commits)."""
+        if value is not None:
+            self.store.stage(key, value, (_index_key(key, Conversation.loads(value)), True))
+            return
+        old = self.store.get(key)
+        index = None if old is None else (_index_key(key, Conversation.loads(old)), False)
+        self.store.stage(key, None, index)
+
+    def restored(self) -> None:
+        self._cache.clear()
+
+    def expire(self, oldest: float, oldest_inmail: float) -> list[str]:
+        """Those started before the horizon: by the store's start-time indexes, and among
+        those new in the batch in flight (staged, not in the indexes yet: a batch may span
+        more than the TTL). Called once per batch, after :meth:`stage`."""
+        dropped = []
+        for conversation_id, conversation in self._added.items():
+            inmail = conversation.channel == "inmail"
+            if conversation.started_at < (oldest_inmail if inmail else oldest):
+                key = conversation_id.encode()
+                self.store.stage(key, None, (_index_key(key, conversation), False))
+                self._cache.pop(conversation_id, None)
+                dropped.append(conversation_id)
+        self._added.clear()
+        for kind, horizon in ((_COMMON, oldest), (_INMAIL, oldest_inmail)):
+            if horizon < 0:
+                continue
+            bound = kind + _START.pack(horizon)
+            for index in self.store.index(kind, self._expired_below[kind]):
+                if index >= bound:
+                    break
+                key = index[1 + _START.size:]
+                self.store.stage(key, None, (index, False))
+                conversation_id = key.decode()
+                self._cache.pop(conversation_id, None)
+                dropped.append(conversation_id)
+            self._expired_below[kind] = _START.pack(horizon)
+        return dropped
+
+
+def _index_key(key: bytes, conversation: Conversation) -> bytes:
+    kind = _INMAIL if conversation.channel == "inmail" else _COMMON
+    return kind + _START.pack(max(0.0, conversation.started_at)) + key
+
+
+def _first(cache: dict[str, Conversation], count: int) -> Iterable[str]:
+    for index, conversation_id in enumerate(cache):
+        if index >= count:
+            return
+        yield conversation_id

@@ -1,0 +1,1 @@
+"""Local, on-disk copies of the stages' changelogs."""

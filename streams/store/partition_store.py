@@ -1,0 +1,179 @@
+"""A local copy of one changelog partition on disk (RocksDB), with the offset it reflects.
+
+The compacted changelog in Kafka stays the source of truth; this copy only saves
+reading it all back. A stage stages the records it writes to the changelog in a batch
+(:meth:`PartitionStore.stage`) and, once the Kafka transaction holding them committed,
+writes them here in one atomic RocksDB write together with the changelog offset of the
+last of them (:meth:`PartitionStore.commit`): the local checkpoint. A crash before that
+write leaves the checkpoint older than the changelog, and the next restore reads the
+changelog from the checkpoint on (records hold whole values: applying one twice is
+harmless). A batch whose transaction aborted is dropped with the store (:meth:`close`
+without commit), so the store never holds what Kafka does not.
+
+On restore (:meth:`PartitionStore.restore_from`) a store is trusted only if its
+checkpoint lies inside the changelog partition (between its start and its end offset);
+a store that is missing, unreadable, or reflects a changelog that is not there any more
+(older than the changelog's start: the records in between are gone; newer than its
+end: the topic was recreated) is wiped and rebuilt from the whole changelog.
+
+Secondary keys (:meth:`PartitionStore.stage` with ``index``) let a stage walk its state
+in another order than the key's, e.g. conversations by start time for expiry. Data,
+index and checkpoint live under prefixes of their own (``d``, ``i``, ``m``): a changelog
+key may be any bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
+
+log = logging.getLogger(__name__)
+
+_DATA, _INDEX = b"d", b"i"
+CHECKPOINT_KEY = b"m:checkpoint"
+_OFFSET = struct.Struct(">q")
+
+
+class StoreLocked(Exception):
+    """Another process has the store open (e.g. a sibling ingest process giving the
+    partition up, still finishing its restore)."""
+
+
+class PartitionStore:
+    """RocksDB with the changelog's keys and values, plus staged writes and a checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rebuilt: str | None = None  # why the store was wiped on open, if it was
+        self._pending: dict[bytes, bytes | None] = {}  # prefixed keys, data and index
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = self._open()
+        except Exception as exc:  # RocksDB raises plain Exception for everything
+            if "lock" in str(exc).lower():  # another process holds it: not ours to wipe
+                raise StoreLocked(f"{path}: {str(exc).splitlines()[0][:200]}") from exc
+            self.rebuilt = f"unreadable ({str(exc).splitlines()[0][:120]})"
+            self.wipe_files()
+            self._db = self._open()
+
+    def _open(self) -> Rdict:
+        # Memory per store is bounded: two 16 MiB memtables and a 16 MiB block cache (a
+        # worker has one store per events partition it owns). Bloom filters answer most
+        # look-ups of keys not there (every conversation's first message) without a read.
+        table = BlockBasedOptions()
+        table.set_bloom_filter(10, False)
+        table.set_block_cache(Cache(16 << 20))
+        options = Options(raw_mode=True)
+        options.create_if_missing(True)
+        options.set_paranoid_checks(True)
+        options.set_max_open_files(256)
+        options.set_block_based_table_factory(table)
+        options.set_write_buffer_size(16 << 20)
+        options.set_max_write_buffer_number(2)
+        return Rdict(str(self.path), options=options)
+
+    def wipe_files(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    # --- reading --------------------------------------------------------------------------
+    def checkpoint(self) -> int | None:
+        """The changelog offset of the last record this store reflects."""
+        raw = self._db.get(CHECKPOINT_KEY)
+        return None if raw is None else _OFFSET.unpack(raw)[0]
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value as of the last staged write (committed or not)."""
+        key = _DATA + key
+        if key in self._pending:
+            return self._pending[key]
+        return self._db.get(key)
+
+    def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Committed records whose key starts with ``prefix``, in key order (staged writes
+        are not seen: read them with :meth:`get`)."""
+        return self._scan(_DATA + prefix, _DATA + prefix)
+
+    def index(self, prefix: bytes, start: bytes = b"") -> Iterator[bytes]:
+        """Committed secondary keys with ``prefix``, in order, from ``prefix + start``."""
+        for key, _ in self._scan(_INDEX + prefix, _INDEX + prefix + start):
+            yield key
+
+    def _scan(self, prefix: bytes, start: bytes) -> Iterator[tuple[bytes, bytes]]:
+        cut = len(_DATA)
+        for key, value in self._db.items(from_key=start):
+            if not key.startswith(prefix):
+                return
+            yield key[cut:], value
+
+    # --- writing --------------------------------------------------------------------------
+    def stage(self, key: bytes, value: bytes | None, index: tuple[bytes, bool] | None = None) -> None:
+        """A changelog record of the transaction in flight; ``index`` is a secondary key to
+        add (True) or remove (False) with it."""
+        self._pending[_DATA + key] = value
+        if index is not None:
+            secondary, present = index
+            self._pending[_INDEX + secondary] = b"" if present else None
+
+    def commit(self, changelog_offset: int | None) -> None:
+        """The transaction holding the staged records committed: write them, atomically
+        with the changelog offset of its last record (None: it wrote none here)."""
+        if not self._pending and changelog_offset is None:
+            return
+        batch = WriteBatch(raw_mode=True)
+        for key, value in self._pending.items():
+            if value is None:
+                batch.delete(key)
+            else:
+                batch.put(key, value)
+        if changelog_offset is not None:
+            batch.put(CHECKPOINT_KEY, _OFFSET.pack(changelog_offset))
+        self._db.write(batch)
+        self._pending.clear()
+
+    def apply_changelog(self, records: list[tuple[bytes, bytes | None, tuple[bytes, bool] | None]],
+                        last_offset: int) -> None:
+        """Records read back from the changelog (restore), up to ``last_offset``."""
+        for key, value, index in records:
+            self.stage(key, value, index)
+        self.commit(last_offset)
+
+    def close(self) -> None:
+        """Close; what is staged and not committed is dropped (its transaction is not)."""
+        self._pending.clear()
+        self._db.close()
+
+    def wipe(self, reason: str) -> None:
+        """Empty the store: it does not reflect the changelog."""
+        self._db.close()
+        self.wipe_files()
+        self._db = self._open()
+        self.rebuilt = reason
+
+    # --- restore --------------------------------------------------------------------------
+    def restore_from(self, beginning: int, end: int) -> int:
+        """Where to read the changelog partition from, given its start and end offsets:
+        after the checkpoint if the store reflects this changelog, else (wiped) its start."""
+        checkpoint = self.checkpoint()
+        if self.rebuilt is None:
+            if checkpoint is None:
+                if self._has_any():
+                    self.wipe("no checkpoint")
+                elif end > beginning:
+                    self.rebuilt = "empty"
+            elif checkpoint + 1 < beginning:
+                self.wipe(f"older than the changelog (checkpoint {checkpoint}, "
+                          f"changelog starts at {beginning})")
+            elif checkpoint >= end:
+                self.wipe(f"newer than the changelog (checkpoint {checkpoint}, "
+                          f"changelog ends at {end})")
+            else:
+                return checkpoint + 1
+        return beginning
+
+    def _has_any(self) -> bool:
+        return next(iter(self._db.keys()), None) is not None

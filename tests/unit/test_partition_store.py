@@ -1,0 +1,152 @@
+"""The ingest's on-disk state: the local store and its checkpoint, and conversations on
+disk behind a small cache giving exactly what the all-in-memory table gives."""
+
+from __future__ import annotations
+
+from itertools import islice
+from pathlib import Path
+
+import orjson
+
+from producers.simulator import SimulationProfile, Simulator
+from streams.events import parse
+from streams.ingest.conversation_table import StoredConversations
+from streams.ingest.conversations import BatchWindows, PartitionCore
+from streams.store.partition_store import PartitionStore
+
+
+def test_staged_writes_are_seen_at_once_and_kept_only_once_committed(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "p0")
+    store.stage(b"a", b"1")
+    store.commit(7)
+    store.stage(b"b", b"2")
+    store.stage(b"a", None)
+    assert (store.get(b"a"), store.get(b"b")) == (None, b"2")  # the batch in flight reads its own
+    store.close()  # its transaction never committed: dropped
+    store = PartitionStore(tmp_path / "p0")
+    assert (store.get(b"a"), store.get(b"b"), store.checkpoint()) == (b"1", None, 7)
+    assert store.rebuilt is None
+    store.close()
+
+
+def test_restore_reads_only_the_tail_of_the_changelog_the_store_reflects(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "p0")
+    store.stage(b"a", b"1")
+    store.commit(41)
+    assert store.restore_from(0, 100) == 42
+    assert store.rebuilt is None and store.get(b"a") == b"1"
+    store.close()
+
+
+def test_a_missing_store_is_built_from_the_whole_changelog(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "never-written")
+    assert store.restore_from(3, 100) == 3
+    assert store.rebuilt == "empty"
+    store.close()
+
+
+def test_a_store_older_than_the_changelog_start_is_wiped_and_rebuilt(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "p0")
+    store.stage(b"stale", b"x")
+    store.commit(10)
+    assert store.restore_from(50, 100) == 50  # offsets 11..49 are gone: it cannot catch up
+    assert store.rebuilt and "older than the changelog" in store.rebuilt
+    assert store.get(b"stale") is None and store.checkpoint() is None
+    store.close()
+
+
+def test_a_store_newer_than_the_changelog_is_wiped_and_rebuilt(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "p0")
+    store.stage(b"stale", b"x")
+    store.commit(500)
+    assert store.restore_from(0, 20) == 0  # the topic was recreated: a different changelog
+    assert store.rebuilt and "newer than the changelog" in store.rebuilt
+    assert store.get(b"stale") is None
+    store.close()
+
+
+def test_a_corrupt_store_is_wiped_and_rebuilt(tmp_path: Path) -> None:
+    path = tmp_path / "p0"
+    store = PartitionStore(path)
+    for i in range(1000):
+        store.stage(b"k%d" % i, b"v" * 100)
+    store.commit(5)
+    store.close()
+    for name in ("CURRENT", *(f.name for f in path.glob("MANIFEST-*"))):
+        (path / name).write_bytes(b"\x00garbage\x00" * 10)
+    store = PartitionStore(path)
+    assert store.rebuilt and store.rebuilt.startswith("unreadable")
+    assert store.checkpoint() is None and store.get(b"k1") is None
+    assert store.restore_from(0, 10) == 0
+    store.close()
+
+
+def test_a_store_without_a_checkpoint_is_not_trusted(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "p0")
+    store.stage(b"half", b"written")
+    store.commit(None)  # data, but no offset it reflects
+    assert store.restore_from(0, 10) == 0
+    assert store.rebuilt == "no checkpoint" and store.get(b"half") is None
+    store.close()
+
+
+def _events(n: int, seed: int) -> list:
+    simulator = Simulator(SimulationProfile(), seed=seed, start_ts=1_790_000_000.0, rate=20.0,
+                          speed=3600.0, members=300)
+    events = []
+    for raw in islice(simulator.events(), n):
+        event, rejection = parse(orjson.dumps(raw), 65_536)
+        assert rejection is None
+        events.append(event)
+    return events
+
+
+def _core(**horizons: float) -> PartitionCore:
+    return PartitionCore(window_size=60, lateness=30, **horizons)
+
+
+def test_conversations_on_disk_behind_a_tiny_cache_count_exactly_as_in_memory(
+    tmp_path: Path,
+) -> None:
+    """Days of simulated traffic with short TTLs (so expiry runs all the time): every
+    batch's counts and changelog records, and every expiry, are the same as the
+    all-in-memory table's; the cache never holds more than its size between batches."""
+    horizons = {"conversation_ttl": 6 * 3600.0, "inmail_horizon": 12 * 3600.0}
+    memory = _core(**horizons)
+    stored = _core(**horizons)
+    store = PartitionStore(tmp_path / "p0")
+    table = stored.conversations = StoredConversations(store, cache_size=25)
+    events = _events(20_000, seed=3)
+    offset = 0
+    for start in range(0, len(events), 700):
+        expected, got = BatchWindows(), BatchWindows()
+        for event in events[start:start + 700]:
+            assert memory.admit(event) == stored.admit(event)
+            assert memory.add(event, expected) == stored.add(event, got)
+        assert got.counts == expected.counts and got.reply_cohorts == expected.reply_cohorts
+        assert got.inmail_cohorts == expected.inmail_cohorts
+        assert got.touched == expected.touched
+        assert table.stage(got.touched) == memory.conversations.stage(expected.touched)
+        assert len(table._cache) <= 25
+        assert sorted(stored.expire()[0]) == sorted(memory.expire()[0])
+        offset += 700
+        store.commit(offset)
+    assert len(memory.conversations) > 25  # the cache was far smaller than the state
+    store.close()
+
+
+def test_a_reopened_store_gives_the_same_conversations(tmp_path: Path) -> None:
+    core = _core()
+    store = PartitionStore(tmp_path / "p0")
+    core.conversations = StoredConversations(store, cache_size=10)
+    batch = BatchWindows()
+    for event in _events(3_000, seed=5):
+        core.add(event, batch)
+    records = dict(core.conversations.stage(batch.touched))
+    store.commit(1)
+    store.close()
+    reopened = StoredConversations(PartitionStore(tmp_path / "p0"), cache_size=10)
+    for key, value in records.items():
+        conversation = reopened.get(key.decode())
+        assert conversation is not None and conversation.dumps() == value
+    reopened.store.close()

@@ -167,6 +167,17 @@ class Settings(BaseSettings):
         default=86_400, gt=0, description="Reject events this far ahead of their partition's "
         "newest event time (timestamp_too_far_ahead): one bad clock cannot close every window.",
     )
+    state_dir: Path | None = Field(
+        default=None, description="Where the ingest keeps its conversations on disk "
+        "(RocksDB, a directory per worker and partition) with a local checkpoint, so that a "
+        "restart on the same disk reads only the changelog's tail. Give each worker its "
+        "own, on a persistent disk. Unset: a temporary directory, removed when the worker "
+        "stops (a restart then reads its whole changelog back).",
+    )
+    state_cache_conversations: int = Field(
+        default=100_000, ge=0, description="Conversations kept in memory per events "
+        "partition (the most recently used); the rest are read from STATE_DIR when needed.",
+    )
     session_timeout_ms: int = Field(
         default=10_000, ge=6000, description="Consumer group session timeout: how long a "
         "vanished worker's partitions wait before others take them.",

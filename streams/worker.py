@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -21,6 +24,15 @@ log = logging.getLogger(__name__)
 
 
 def run_worker(settings: Settings) -> int:
+    if settings.state_dir is not None:
+        return _run_worker(settings)
+    # no STATE_DIR: the ingest's store lives as long as this process
+    with tempfile.TemporaryDirectory(prefix="messaging-metrics-state-") as state_dir:
+        return _run_worker(settings.model_copy(update={"state_dir": Path(state_dir)}),
+                           temporary_state=Path(state_dir))
+
+
+def _run_worker(settings: Settings, temporary_state: Path | None = None) -> int:
     collector.tune_for_large_state()
     try:
         # an orchestrator may start the worker before the broker: wait for it, saying so
@@ -37,7 +49,7 @@ def run_worker(settings: Settings) -> int:
     try:
         GracefulWorker(
             worker, settings.shutdown_timeout_seconds, loglevel=settings.log_level.lower(),
-            quiet=True,
+            quiet=True, temporary_state=temporary_state,
         ).execute_from_commandline()
     except SystemExit:
         pass
@@ -65,9 +77,12 @@ class GracefulWorker(faust.Worker):
     A stage that cannot go on stops the worker the same way, with its exit code.
     """
 
-    def __init__(self, worker: Worker, timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, worker: Worker, timeout: float, temporary_state: Path | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(worker.app, **kwargs)
         self._messaging = worker
+        self._temporary_state = temporary_state
         self._timeout = timeout
         self._stages_stopped = False
         self._shutting_down = False
@@ -100,4 +115,6 @@ class GracefulWorker(faust.Worker):
         log.warning("shutdown took over %.0fs; exiting (stages stopped: %s)",
                     self._timeout, self._stages_stopped)
         logging.shutdown()
+        if self._temporary_state is not None:  # os._exit skips the usual clean-up
+            shutil.rmtree(self._temporary_state, ignore_errors=True)
         os._exit(self._messaging.failed or (0 if self._stages_stopped else 1))

@@ -41,7 +41,12 @@ class WorkerProcess:
 
     def __init__(self, settings: Settings, log_path: Path, **overrides: Any) -> None:
         self.port = free_port()
-        self.env = settings_env(settings, metrics_port=self.port, **overrides)
+        # one state directory per test (the store's path holds the worker id): a worker
+        # restarted by a test finds its local store and checkpoints, as on a real machine
+        state_dir = settings.state_dir or log_path.parent / "state"
+        self.env = settings_env(
+            settings, metrics_port=self.port, **{"state_dir": state_dir, **overrides}
+        )
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 

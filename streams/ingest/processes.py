@@ -84,7 +84,8 @@ class IngestProcesses:
         )
         receiver, sender = context.Pipe(duplex=False)
         process = context.Process(
-            target=run_child, args=(settings, str(index), sender, os.getpid()),
+            target=run_child,
+            args=(settings, str(index), sender, os.getpid(), self.settings.worker_id),
             name=f"ingest-{index}",
         )
         process.start()
@@ -162,12 +163,14 @@ class IngestProcesses:
 
 
 # --- the child -------------------------------------------------------------------------
-def run_child(settings: Settings, source: str, sender: Connection, parent: int) -> None:
+def run_child(
+    settings: Settings, source: str, sender: Connection, parent: int, state_owner: str
+) -> None:
     """Entry point of one ingest child process."""
     _die_with(parent)
     collector.tune_for_large_state()
     setup_logging(settings, "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
-    code = asyncio.run(_serve(settings, source, sender))
+    code = asyncio.run(_serve(settings, source, sender, state_owner))
     sender.close()
     sys.exit(code)
 
@@ -180,8 +183,8 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-async def _serve(settings: Settings, source: str, sender: Connection) -> int:
-    stage = IngestStage(settings, sender.send, report_source=source)
+async def _serve(settings: Settings, source: str, sender: Connection, state_owner: str) -> int:
+    stage = IngestStage(settings, sender.send, report_source=source, state_owner=state_owner)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

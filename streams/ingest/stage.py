@@ -10,6 +10,11 @@ changed conversation state (compacted changelog, same partition number as the in
 the partition clocks, watermark marks for every downstream partition, and the input
 offsets. A crash anywhere aborts the transaction; the restarted stage restores its
 state from the changelog and reprocesses the batch, so nothing is lost or doubled.
+
+The conversations live on disk (:class:`~streams.store.partition_store.PartitionStore`,
+one per partition under ``STATE_DIR``) behind a bounded cache: after each committed
+transaction its changelog records are written there too, with the changelog offset
+they reach, so a restart on the same disk reads only the changelog past that offset.
 """
 
 from __future__ import annotations
@@ -26,13 +31,15 @@ import orjson
 from aiokafka.structs import TopicPartition
 
 from streams.events import Rejection, parse
-from streams.ingest.conversations import BatchWindows, Conversation, PartitionCore, new_core
+from streams.ingest.conversation_table import StoredConversations
+from streams.ingest.conversations import BatchWindows, PartitionCore, new_core
 from streams.ingest.records import activity_records, mark_record, partial_records
 from streams.kafka.io import BatchWriter, fetched_end
 from streams.kafka.outage import OutageReport
 from streams.kafka.stage import STALLED_AFTER_SECONDS, TransactionalStage
 from streams.pipeline_metrics import BatchReport
 from streams.settings import Settings
+from streams.store.partition_store import PartitionStore, StoreLocked
 from streams.windows import (
     Idleness,
     PartitionClock,
@@ -46,15 +53,20 @@ log = logging.getLogger(__name__)
 FETCH_FRESH_SECONDS = 2.0  # a caught-up partition is long-polled every 0.5 s
 CLOCK_KEY = b"\x00clock"  # the partition clock's record in the state changelog
 IDS_PREFIX = b"\x00ids:"  # one record per batch: the event ids it accepted, with their ts
+STORE_COMMIT_RECORDS = 50_000  # a full restore writes the store in slices of this many
+STORE_LOCK_WAIT_SECONDS = 120.0
 
 
 @dataclass(slots=True)
 class IngestPartition:
     core: PartitionCore
     idleness: Idleness
+    store: PartitionStore
     id_records: dict[bytes, float] = field(default_factory=dict)  # key -> newest ts in it
     since: float = field(default_factory=time.monotonic)  # this worker's since (restored)
     sent_mark: tuple[Any, ...] | None = None  # last (window of wm, window of max_ts, idle)
+    restoring: int = 0  # changelog records read back and not yet written to the store
+    restored_through: int | None = None  # the offset of the last of them
 
 
 @dataclass(slots=True)
@@ -69,8 +81,14 @@ class IngestStage(TransactionalStage[IngestPartition]):
 
     def __init__(
         self, settings: Settings, report: Callable[[BatchReport | OutageReport], object],
-        report_source: str = "",
+        report_source: str = "", state_owner: str | None = None,
     ) -> None:
+        if settings.state_dir is None:
+            raise ValueError("the ingest needs STATE_DIR (the worker sets a temporary one)")
+        # children of one worker share its directory (a partition is one child's at a time)
+        self.state_path = (
+            settings.state_dir / settings.app_id / (state_owner or settings.worker_id) / "ingest"
+        )
         super().__init__(
             settings, settings.events_topic, settings.ingest_state_topic,
             settings.ingest_max_batch, source=report_source, on_outage=report,
@@ -87,28 +105,71 @@ class IngestStage(TransactionalStage[IngestPartition]):
 
     # --- state ----------------------------------------------------------------------------
     def new_state(self, partition: int) -> IngestPartition:
-        return IngestPartition(new_core(self.settings), Idleness(self.settings.idle_timeout_seconds))
+        store = PartitionStore(self.state_path / str(partition))
+        core = new_core(self.settings)
+        core.conversations = StoredConversations(store, self.settings.state_cache_conversations)
+        return IngestPartition(core, Idleness(self.settings.idle_timeout_seconds), store)
+
+    async def open_state(self, partition: int) -> IngestPartition:
+        """A sibling ingest process that gave the partition up may still hold its store
+        for a moment (it closes it when its restore or batch ends): wait for it."""
+        deadline = time.monotonic() + STORE_LOCK_WAIT_SECONDS
+        while True:
+            try:
+                return self.new_state(partition)
+            except StoreLocked:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+
+    def restore_from(self, state: IngestPartition, beginning: int, end: int) -> int:
+        start = state.store.restore_from(beginning, end)
+        if state.store.rebuilt:
+            log.info("ingest rebuilds its local state %s from the changelog: %s",
+                     state.store.path, state.store.rebuilt)
+        return start
+
+    def restore_message(self, state: IngestPartition, message: Any) -> None:
+        self.restore_record(state, message.key, message.value)
+        state.restoring += 1
+        state.restored_through = message.offset
+        if state.restoring >= STORE_COMMIT_RECORDS:
+            state.store.commit(message.offset)
+            state.restoring = 0
 
     def restore_record(self, state: IngestPartition, key: bytes | None, value: bytes | None) -> None:
-        core = state.core
-        if key == CLOCK_KEY:
-            if value is not None:
-                core.clock.max_ts = or_minus_inf(orjson.loads(value)["max_ts"])
+        if key is None:
             return
-        assert key is not None
-        if key.startswith(IDS_PREFIX):
-            if value is None:
-                state.id_records.pop(key, None)
-            else:
-                ids = orjson.loads(value)
-                core.event_ids.update(ids)
-                state.id_records[key] = max(ts for _, ts in ids)
-            return
-        conversation_id = key.decode()
-        if value is None:
-            core.conversations.pop(conversation_id, None)
+        if key.startswith(b"\x00"):  # the clock, a batch's event ids
+            state.store.stage(key, value)
         else:
-            core.conversations[conversation_id] = Conversation.loads(value)
+            state.core.conversations.restore(key, value)  # type: ignore[union-attr]
+
+    def restored(self, state: IngestPartition) -> None:
+        """The store reflects the changelog: the clock and the event ids (bounded by the
+        dedup horizon) come into memory, conversations stay on disk until needed."""
+        store, core = state.store, state.core
+        store.commit(state.restored_through)
+        core.conversations.restored()
+        raw = store.get(CLOCK_KEY)
+        if raw is not None:
+            core.clock.max_ts = or_minus_inf(orjson.loads(raw)["max_ts"])
+        batches = []
+        for key, value in store.items(IDS_PREFIX):
+            ids = orjson.loads(value)
+            batches.append((max(ts for _, ts in ids), key, ids))
+        batches.sort(key=lambda batch: batch[0])  # oldest first, as expiry walks them
+        for newest, key, ids in batches:
+            state.id_records[key] = newest
+            core.event_ids.update(ids)
+        state.restoring = 0
+
+    def checkpoint(self, writer: BatchWriter) -> None:
+        for partition, state in self.partitions.items():
+            state.store.commit(writer.last_offset(self.state_topic, partition))
+
+    def close_state(self, state: IngestPartition) -> None:
+        state.store.close()
 
     # --- one partition's batch --------------------------------------------------------
     async def process(
@@ -150,22 +211,18 @@ class IngestStage(TransactionalStage[IngestPartition]):
         self._next_offsets[tp.partition] = last_offset + 1
         await self._send_partials(tp.partition, last_offset, batch, writer)
         await self._send_activity(tp.partition, last_offset, batch, writer)
-        state_topic = settings.ingest_state_topic
-        conversations = core.conversations
-        for conversation_id in batch.touched:
-            await writer.add(
-                state_topic, tp.partition, conversation_id.encode(),
-                conversations[conversation_id].dumps(),
-            )
+        state_topic, store = settings.ingest_state_topic, state.store
+        for key, value in core.conversations.stage(batch.touched):
+            await writer.add(state_topic, tp.partition, key, value)
         if batch.event_ids:
-            key = IDS_PREFIX + str(last_offset).encode()
-            await writer.add(state_topic, tp.partition, key, orjson.dumps(batch.event_ids))
+            key, value = IDS_PREFIX + str(last_offset).encode(), orjson.dumps(batch.event_ids)
+            await writer.add(state_topic, tp.partition, key, value)
+            store.stage(key, value)
             state.id_records[key] = max(ts for _, ts in batch.event_ids)
         await self._expire(tp.partition, state, writer)
-        await writer.add(
-            settings.ingest_state_topic, tp.partition, CLOCK_KEY,
-            orjson.dumps({"max_ts": finite_or_none(core.clock.max_ts)}),
-        )
+        value = orjson.dumps({"max_ts": finite_or_none(core.clock.max_ts)})
+        await writer.add(state_topic, tp.partition, CLOCK_KEY, value)
+        store.stage(CLOCK_KEY, value)
 
     async def _expire(self, partition: int, state: IngestPartition, writer: BatchWriter) -> None:
         """Forget what is past its horizon, and tombstone it in the compacted changelog."""
@@ -182,6 +239,7 @@ class IngestStage(TransactionalStage[IngestPartition]):
         for key in stale:
             del state.id_records[key]
             await writer.add(state_topic, partition, key, None)
+            state.store.stage(key, None)
 
     async def _send_partials(
         self, source: int, last_offset: int, batch: BatchWindows, writer: BatchWriter

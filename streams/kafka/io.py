@@ -239,6 +239,7 @@ class BatchWriter:
         self._open: dict[tuple[str, int], Any] = {}
         self._opened_at: dict[tuple[str, int], float] = {}
         self._pending: list[asyncio.Future[Any]] = []
+        self._shipped: list[tuple[tuple[str, int], int, asyncio.Future[Any]]] = []
         self.records = 0
 
     async def add(
@@ -269,7 +270,9 @@ class BatchWriter:
         batch = self._open.pop(slot)
         del self._opened_at[slot]
         batch.close()
-        self._pending.append(await self._producer.send_batch(batch, slot[0], partition=slot[1]))
+        future = await self._producer.send_batch(batch, slot[0], partition=slot[1])
+        self._pending.append(future)
+        self._shipped.append((slot, batch.record_count(), future))
 
     async def ship_older_than(self, seconds: float) -> None:
         """Send batches open longer than ``seconds``; raise the first delivery error."""
@@ -292,3 +295,12 @@ class BatchWriter:
         pending, self._pending = self._pending, []
         if pending:
             await asyncio.gather(*pending)
+
+    def last_offset(self, topic: str, partition: int) -> int | None:
+        """After :meth:`flush`: the offset of the last record written to a partition."""
+        last = None
+        for slot, count, future in self._shipped:
+            if slot == (topic, partition) and count:
+                offset = future.result().offset + count - 1  # a batch's future: its base
+                last = offset if last is None else max(last, offset)
+        return last

@@ -49,8 +49,10 @@ State = TypeVar("State")
 async def read_partitions(
     options: dict[str, Any], topic: str, partitions: list[int],
     on_record: Callable[[int, Any], None],
+    start_at: Callable[[int, int, int], int] | None = None,
 ) -> int:
-    """Read committed records of some partitions from the start to the current end."""
+    """Read committed records of some partitions up to their current end: from their
+    start, or from where ``start_at(partition, beginning, end)`` says."""
     reader = AIOKafkaConsumer(
         isolation_level="read_committed", enable_auto_commit=False,
         value_deserializer=raw_records, **options,
@@ -60,9 +62,16 @@ async def read_partitions(
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
         reader.assign(tps)
-        await reader.seek_to_beginning(*tps)
+        beginnings = await reader.beginning_offsets(tps)
         ends = await reader.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
+        remaining = set()
+        for tp in tps:
+            start = beginnings[tp]
+            if start_at is not None:
+                start = start_at(tp.partition, beginnings[tp], ends[tp])
+            reader.seek(tp, start)
+            if ends[tp] > start:
+                remaining.add(tp)
         while remaining:
             batch = await reader.getmany(*remaining, timeout_ms=1000)
             for tp, messages in batch.items():
@@ -165,8 +174,31 @@ class TransactionalStage(ABC, Generic[State]):
     @abstractmethod
     def new_state(self, partition: int) -> State: ...
 
+    async def open_state(self, partition: int) -> State:
+        """A fresh state for an assigned partition, before its restore."""
+        return self.new_state(partition)
+
     @abstractmethod
     def restore_record(self, state: State, key: bytes | None, value: bytes | None) -> None: ...
+
+    def restore_from(self, state: State, beginning: int, end: int) -> int:
+        """Where a fresh state's changelog partition is read from (a local copy may hold
+        a prefix of it already): by default its start."""
+        return beginning
+
+    def restore_message(self, state: State, message: Any) -> None:
+        """One changelog record read back (``message.offset`` says where)."""
+        self.restore_record(state, message.key, message.value)
+
+    def restored(self, state: State) -> None:
+        """The state's changelog partition is read up to its end."""
+
+    def checkpoint(self, writer: BatchWriter) -> None:
+        """After each committed transaction (``writer.last_offset`` says where its
+        changelog records are): e.g. write a local copy of the state."""
+
+    def close_state(self, state: State) -> None:
+        """A state is dropped (revoked, restarted, stopped): release what it holds."""
 
     @abstractmethod
     async def process(
@@ -346,6 +378,8 @@ class TransactionalStage(ABC, Generic[State]):
     def _retire_state(self) -> None:
         """The state and the rebalance callbacks of this incarnation are over."""
         self._incarnation += 1
+        for state in self.partitions.values():
+            self.close_state(state)
         self.partitions.clear()
         self._to_restore.clear()
 
@@ -374,7 +408,9 @@ class TransactionalStage(ABC, Generic[State]):
             if owned and not self._stopping.is_set():
                 await self._release(owned)
             for tp in revoked:
-                self.partitions.pop(tp.partition, None)
+                state = self.partitions.pop(tp.partition, None)
+                if state is not None:
+                    self.close_state(state)
                 self._to_restore.pop(tp.partition, None)
 
     async def _release(self, partitions: list[int]) -> None:
@@ -444,19 +480,30 @@ class TransactionalStage(ABC, Generic[State]):
             raise self._failure
         incarnation, pending = self._incarnation, dict(self._to_restore)
         partitions = sorted(pending)
-        states = {p: self.new_state(p) for p in partitions}
-        records = await read_partitions(
-            self._options, self.state_topic, partitions,
-            lambda p, m: self.restore_record(states[p], m.key, m.value),
-        )
-        async with self._lock:
-            if incarnation != self._incarnation:
-                return
-            taken = [p for p in partitions if self._to_restore.get(p) == pending[p]]
-            for partition in taken:
-                del self._to_restore[partition]
-                self.partitions[partition] = states[partition]
-            self.consumer.resume(*(TopicPartition(self.input_topic, p) for p in taken))
+        states: dict[int, State] = {}
+        taken: list[int] = []
+        try:
+            for partition in partitions:
+                states[partition] = await self.open_state(partition)
+            records = await read_partitions(
+                self._options, self.state_topic, partitions,
+                lambda p, m: self.restore_message(states[p], m),
+                lambda p, beginning, end: self.restore_from(states[p], beginning, end),
+            )
+            for state in states.values():
+                self.restored(state)
+            async with self._lock:
+                if incarnation != self._incarnation:
+                    return
+                taken = [p for p in partitions if self._to_restore.get(p) == pending[p]]
+                for partition in taken:
+                    del self._to_restore[partition]
+                    self.partitions[partition] = states[partition]
+                self.consumer.resume(*(TopicPartition(self.input_topic, p) for p in taken))
+        finally:
+            for partition, state in states.items():
+                if partition not in taken:
+                    self.close_state(state)
         log.info("%s restored partitions %s from %d changelog records", self.name, taken,
                  records)
 
@@ -495,6 +542,7 @@ class TransactionalStage(ABC, Generic[State]):
             await self.producer.commit_transaction()
         finally:
             stalled.cancel()
+        self.checkpoint(writer)
         if offsets or writer.records:  # an empty transaction never reaches the broker
             self._failures_in_a_row = self._unexpected_in_a_row = 0
             self.health.succeeded("committing a batch")

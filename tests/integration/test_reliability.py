@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
+import shutil
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -184,6 +187,56 @@ def test_kill_minus_9_at_random_points_loses_and_doubles_nothing(
         producer.join_checked()
         assert kills[0][0] < len(events) and kills[1][0] < len(events), kills  # mid-run
         check_run(settings, events, [worker], crashed=True)
+    finally:
+        assert worker.stop() == 0
+
+
+# --- the ingest's local store: kept, missing, corrupt --------------------------------------
+def _restored_records(log: Path) -> list[int]:
+    return [int(m) for m in re.findall(r"ingest restored partitions \[[\d, ]*\] from (\d+) "
+                                       r"changelog records", log.read_text())]
+
+
+@pytest.mark.parametrize("store", ["kept", "missing", "corrupt"])
+def test_restart_on_the_local_store_or_without_it_stays_exact(
+    settings: Settings, tmp_path, store: str
+) -> None:
+    """kill -9, then a restart on the same disk (only the changelog's tail is read back),
+    with the store gone (a new machine), or with its files garbled: each restart ends
+    exact, and the last two say they rebuilt the store from the whole changelog."""
+    asyncio.run(ensure_topics(settings))
+    events = simulated(30_000, seed=66)
+    first, second = map(encoded, split_at_windows(events, 2, WINDOW))
+    worker = WorkerProcess(settings, tmp_path / "worker-0.log").start()
+    try:
+        produce(settings, first)
+        wait_until(lambda: processed_total(worker) >= len(first), 60, "the first half")
+        worker.kill()
+        stores = sorted((tmp_path / "state").glob("*/*/ingest/*"))
+        assert len(stores) == settings.events_partitions, stores
+        if store == "missing":
+            for path in stores:
+                shutil.rmtree(path)
+        elif store == "corrupt":
+            for path in stores:
+                for name in ("CURRENT", *(f.name for f in path.glob("MANIFEST-*"))):
+                    (path / name).write_bytes(b"\x00garbled\x00" * 8)
+        log = tmp_path / "worker-1.log"
+        worker = WorkerProcess(settings, log).start()
+        produce(settings, second)
+        check_run(settings, events, [worker], crashed=True)
+        state_records = len(read_topic(settings, settings.ingest_state_topic))
+        restored = sum(_restored_records(log))
+        rebuilt = log.read_text().count("ingest rebuilds its local state")
+        if store == "kept":
+            assert rebuilt == 0
+            assert restored < state_records / 10, (restored, state_records)  # the tail only
+        else:
+            assert rebuilt == settings.events_partitions
+            assert restored >= len({e["conversation_id"] for e in events[:len(first)]
+                                    if e.get("first_in_conversation")}) / 2
+            reason = "empty" if store == "missing" else "unreadable"
+            assert f": {reason}" in log.read_text()
     finally:
         assert worker.stop() == 0
 

@@ -134,8 +134,11 @@ class Worker:
         owned.labels("risk").set_function(lambda: len(self.risk.partitions))
         owned.labels("aggregate").set_function(lambda: len(self._assigned_partials()))
         self.app.agent(self.partials, name="aggregate")(self._aggregate)
-        self.app.task(self._run_stage(self.ingest))
-        self.app.task(self._run_stage(self.risk))
+        # Started by the process's worker as soon as it runs (GracefulWorker), not as
+        # Faust app tasks: those start only after the Faust consumer's first rebalance,
+        # which after a crash waits out the dead member's session (SESSION_TIMEOUT_MS).
+        # The batch stages need none of it: their own groups use static membership.
+        self.stages = [self._run_stage(self.ingest), self._run_stage(self.risk)]
         self.app.page("/metrics")(self._metrics_view())
         self.app.page("/healthz")(self._health_view())
 

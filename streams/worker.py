@@ -88,6 +88,11 @@ class GracefulWorker(faust.Worker):
         self._shutting_down = False
         worker.on_failure = self._on_sigterm  # a stage that cannot go on: as a SIGTERM
 
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        for stage in self._messaging.stages:
+            self.app.add_future(stage())
+
     def _on_sigterm(self) -> None:
         self._begin_shutdown()
         super()._on_sigterm()

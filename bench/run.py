@@ -674,6 +674,8 @@ def run_restart(ctx: Context, topic: str, preloaded: dict[str, Any]) -> dict[str
     console.log(f"restart: took them in {took:.1f} s; RSS {rss / 2**20:.0f} MiB; kill -9")
     first.kill()
     ctx.processes.stop(first)
+    if args.restart_new_disk:
+        shutil.rmtree(first.env["STATE_DIR"], ignore_errors=True)
     new_events = args.restart_new_events
     # The stream goes on where the preload ended, as it does after a real crash. (New
     # events stamped "a minute ago" fell into windows the preload had already closed
@@ -721,7 +723,8 @@ def run_restart(ctx: Context, topic: str, preloaded: dict[str, Any]) -> dict[str
     return {
         "events": args.events, "conversations": preloaded.get("conversations"),
         "first_run_seconds": round(took, 2), "rss_before_kill_bytes": rss,
-        "new_events": new_events, "restart_seconds": round(restart_seconds, 2),
+        "new_events": new_events, "new_disk": args.restart_new_disk,
+        "restart_seconds": round(restart_seconds, 2),
         "metrics_up_seconds": round((answered or began) - began, 2),
         "rss_after_restart_bytes": rss_after,
         "restored": [line.strip() for line in log_path.read_text().splitlines()
@@ -807,6 +810,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "preloaded events, is killed with SIGKILL, and a new one starts")
     restart.add_argument("--restart-new-events", type=int, default=2_000,
                          help="events produced while the worker is down (default %(default)s)")
+    restart.add_argument("--restart-new-disk", action="store_true",
+                         help="delete the worker's STATE_DIR before the restart, as on a new "
+                         "machine: the restart rebuilds its local state from the changelogs")
     soak = parser.add_argument_group("soak (instead of the comparison)")
     soak.add_argument("--soak-minutes", type=float, default=None,
                       help="run only the soak: the worker under a live producer this long")

@@ -195,6 +195,12 @@ class StoredConversations:
                 if index >= bound:
                     break
                 key = index[1 + _START.size:]
+                current = self.store.get(key)
+                if current is None or _index_key(key, Conversation.loads(current)) != index:
+                    # gone, or started again since (an id reused past its TTL): the
+                    # entry is stale, the conversation it names is not this one
+                    self.store.unindex(index)
+                    continue
                 self.store.stage(key, None, (index, False))
                 conversation_id = key.decode()
                 self._cache.pop(conversation_id, None)

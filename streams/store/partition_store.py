@@ -119,6 +119,10 @@ class PartitionStore:
             secondary, present = index
             self._pending[_INDEX + secondary] = b"" if present else None
 
+    def unindex(self, secondary: bytes) -> None:
+        """Remove a secondary key alone (it pointed at a value that has moved on)."""
+        self._pending[_INDEX + secondary] = None
+
     def commit(self, changelog_offset: int | None) -> None:
         """The transaction holding the staged records committed: write them, atomically
         with the changelog offset of its last record (None: it wrote none here)."""

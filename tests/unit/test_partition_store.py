@@ -3,6 +3,7 @@ disk behind a small cache giving exactly what the all-in-memory table gives."""
 
 from __future__ import annotations
 
+import struct
 from itertools import islice
 from pathlib import Path
 
@@ -150,3 +151,26 @@ def test_a_reopened_store_gives_the_same_conversations(tmp_path: Path) -> None:
         conversation = reopened.get(key.decode())
         assert conversation is not None and conversation.dumps() == value
     reopened.store.close()
+
+
+def test_a_conversation_started_again_past_its_ttl_is_not_expired_by_its_old_start(
+    tmp_path: Path,
+) -> None:
+    from streams.ingest.conversation_table import Conversation
+
+    store = PartitionStore(tmp_path / "p0")
+    table = StoredConversations(store, cache_size=10)
+    table.add("c-1", Conversation(1000.0, "a", "b", "member", "member"))
+    table.stage(["c-1"])
+    assert table.expire(0.0, 0.0) == []
+    store.commit(1)
+    # the id comes back after its TTL: a new conversation, a new start
+    table.add("c-1", Conversation(9000.0, "x", "y", "member", "member"))
+    table.stage(["c-1"])
+    assert table.expire(2000.0, 2000.0) == []  # past the old start, not the new one
+    store.commit(2)
+    again = table.get("c-1")
+    assert again is not None and again.started_at == 9000.0
+    assert list(store.index(b"c")) == [b"c" + struct.pack(">d", 9000.0) + b"c-1"]
+    assert table.expire(9500.0, 9500.0) == ["c-1"]
+    store.close()

@@ -149,12 +149,14 @@ class StoredConversations:
     def stage(self, touched: Iterable[str]) -> list[tuple[bytes, bytes]]:
         """The changed conversations' changelog records, also staged in the store (with
         their index entry); then the cache is trimmed to its size."""
-        cache, stage = self._cache, self.store.stage
+        cache, added, stage = self._cache, self._added, self.store.stage
         records = []
         for conversation_id in touched:
             conversation = cache[conversation_id]  # touched in this batch: still cached
             key, value = conversation_id.encode(), conversation.dumps()
-            stage(key, value, (_index_key(key, conversation), True))
+            # a change never moves a conversation's start: only a new one needs its entry
+            stage(key, value, (_index_key(key, conversation), True) if conversation_id in added
+                  else None)
             records.append((key, value))
         excess = len(cache) - self.cache_size
         if excess > 0:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
+from itertools import islice
 
 import msgspec
 
@@ -76,20 +77,6 @@ class MemoryConversations:
     def stage(self, touched: Iterable[str]) -> list[tuple[bytes, bytes]]:
         """The changed conversations' changelog records."""
         return [(cid.encode(), self.get(cid).dumps()) for cid in touched]  # type: ignore[union-attr]
-
-    def restore(self, conversation_id: str, conversation: Conversation | None) -> None:
-        """A changelog record read back (in the order of its last writes)."""
-        if conversation is None:
-            self._common.pop(conversation_id, None)
-            self._inmail.pop(conversation_id, None)
-        else:
-            self._common[conversation_id] = conversation
-
-    def restored(self) -> None:
-        """After a restore: back in start order, for :meth:`expire`."""
-        everyone = {**self._common, **self._inmail}
-        self._inmail = {}
-        self._common = dict(sorted(everyone.items(), key=lambda kv: kv[1].started_at))
 
     def expire(self, oldest: float, oldest_inmail: float) -> list[str]:
         dropped, moved = [], []
@@ -160,7 +147,7 @@ class StoredConversations:
             records.append((key, value))
         excess = len(cache) - self.cache_size
         if excess > 0:
-            for conversation_id in list(_first(cache, excess)):
+            for conversation_id in list(islice(cache, excess)):  # the least recently used
                 del cache[conversation_id]
         return records
 
@@ -214,10 +201,3 @@ class StoredConversations:
 def _index_key(key: bytes, conversation: Conversation) -> bytes:
     kind = _INMAIL if conversation.channel == "inmail" else _COMMON
     return kind + _START.pack(max(0.0, conversation.started_at)) + key
-
-
-def _first(cache: dict[str, Conversation], count: int) -> Iterable[str]:
-    for index, conversation_id in enumerate(cache):
-        if index >= count:
-            return
-        yield conversation_id

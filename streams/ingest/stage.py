@@ -162,7 +162,6 @@ class IngestStage(TransactionalStage[IngestPartition]):
         for newest, key, ids in batches:
             state.id_records[key] = newest
             core.event_ids.update(ids)
-        state.restoring = 0
 
     def checkpoint(self, writer: BatchWriter) -> None:
         for partition, state in self.partitions.items():

@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 _DATA, _INDEX = b"d", b"i"
 CHECKPOINT_KEY = b"m:checkpoint"
+_UNSTAGED = object()
 _OFFSET = struct.Struct(">q")
 
 
@@ -89,9 +90,8 @@ class PartitionStore:
     def get(self, key: bytes) -> bytes | None:
         """The value as of the last staged write (committed or not)."""
         key = _DATA + key
-        if key in self._pending:
-            return self._pending[key]
-        return self._db.get(key)
+        value = self._pending.get(key, _UNSTAGED)
+        return self._db.get(key) if value is _UNSTAGED else value
 
     def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         """Committed records whose key starts with ``prefix``, in key order (staged writes
@@ -139,13 +139,6 @@ class PartitionStore:
         self._db.write(batch)
         self._pending.clear()
 
-    def apply_changelog(self, records: list[tuple[bytes, bytes | None, tuple[bytes, bool] | None]],
-                        last_offset: int) -> None:
-        """Records read back from the changelog (restore), up to ``last_offset``."""
-        for key, value, index in records:
-            self.stage(key, value, index)
-        self.commit(last_offset)
-
     def close(self) -> None:
         """Close; what is staged and not committed is dropped (its transaction is not)."""
         self._pending.clear()
@@ -163,20 +156,21 @@ class PartitionStore:
         """Where to read the changelog partition from, given its start and end offsets:
         after the checkpoint if the store reflects this changelog, else (wiped) its start."""
         checkpoint = self.checkpoint()
-        if self.rebuilt is None:
-            if checkpoint is None:
-                if self._has_any():
-                    self.wipe("no checkpoint")
-                elif end > beginning:
-                    self.rebuilt = "empty"
-            elif checkpoint + 1 < beginning:
-                self.wipe(f"older than the changelog (checkpoint {checkpoint}, "
-                          f"changelog starts at {beginning})")
-            elif checkpoint >= end:
-                self.wipe(f"newer than the changelog (checkpoint {checkpoint}, "
-                          f"changelog ends at {end})")
-            else:
-                return checkpoint + 1
+        if self.rebuilt is not None:  # wiped on open: unreadable
+            return beginning
+        if checkpoint is None:
+            if self._has_any():
+                self.wipe("no checkpoint")
+            elif end > beginning:
+                self.rebuilt = "empty"
+        elif checkpoint + 1 < beginning:
+            self.wipe(f"older than the changelog (checkpoint {checkpoint}, "
+                      f"changelog starts at {beginning})")
+        elif checkpoint >= end:
+            self.wipe(f"newer than the changelog (checkpoint {checkpoint}, "
+                      f"changelog ends at {end})")
+        else:
+            return checkpoint + 1
         return beginning
 
     def _has_any(self) -> bool:

@@ -52,6 +52,7 @@ _CONVERSATION_DECODER = msgspec.json.Decoder(Conversation)
 
 _START = struct.Struct(">d")  # big-endian float: index keys sort by start time for ts >= 0
 _COMMON, _INMAIL = b"c", b"m"  # the two expiry indexes: other channels, InMail
+_KEY = b"c"  # a conversation's key in the store: this + its id
 
 
 class MemoryConversations:
@@ -74,9 +75,9 @@ class MemoryConversations:
     def add(self, conversation_id: str, conversation: Conversation) -> None:
         self._common[conversation_id] = conversation
 
-    def stage(self, touched: Iterable[str]) -> list[tuple[bytes, bytes]]:
-        """The changed conversations' changelog records."""
-        return [(cid.encode(), self.get(cid).dumps()) for cid in touched]  # type: ignore[union-attr]
+    def stage(self, touched: Iterable[str]) -> list[tuple[str, Conversation]]:
+        """The changed conversations, for the changelog."""
+        return [(cid, self.get(cid)) for cid in touched]  # type: ignore[misc]
 
     def expire(self, oldest: float, oldest_inmail: float) -> list[str]:
         dropped, moved = [], []
@@ -107,8 +108,9 @@ class StoredConversations:
 
     A conversation changed by the batch in flight must not be evicted before its new
     value is staged (the change is on the cached object), so the cache is trimmed only
-    by :meth:`stage`, after the batch's changes are in the store's staged writes. The
-    store's keys and values are the changelog's (conversation id, its JSON).
+    by :meth:`stage`, after the batch's changes are in the store's staged writes. In
+    the store a conversation is ``c`` + its id, its value its JSON (ids are any text: the
+    prefix keeps them apart from the changelog's own keys there).
     """
 
     def __init__(self, store: PartitionStore, cache_size: int) -> None:
@@ -122,7 +124,7 @@ class StoredConversations:
         cache = self._cache
         conversation = cache.pop(conversation_id, None)
         if conversation is None:
-            raw = self.store.get(conversation_id.encode())
+            raw = self.store.get(_KEY + conversation_id.encode())
             if raw is None:
                 return None
             conversation = Conversation.loads(raw)
@@ -133,32 +135,32 @@ class StoredConversations:
         self._cache[conversation_id] = conversation
         self._added[conversation_id] = conversation
 
-    def stage(self, touched: Iterable[str]) -> list[tuple[bytes, bytes]]:
-        """The changed conversations' changelog records, also staged in the store (with
+    def stage(self, touched: Iterable[str]) -> list[tuple[str, Conversation]]:
+        """The changed conversations (for the changelog), also staged in the store (with
         their index entry); then the cache is trimmed to its size."""
         cache, added, stage = self._cache, self._added, self.store.stage
         records = []
         for conversation_id in touched:
             conversation = cache[conversation_id]  # touched in this batch: still cached
-            key, value = conversation_id.encode(), conversation.dumps()
+            key = _KEY + conversation_id.encode()
             # a change never moves a conversation's start: only a new one needs its entry
-            stage(key, value, (_index_key(key, conversation), True) if conversation_id in added
-                  else None)
-            records.append((key, value))
+            stage(key, conversation.dumps(),
+                  (_index_key(key, conversation), True) if conversation_id in added else None)
+            records.append((conversation_id, conversation))
         excess = len(cache) - self.cache_size
         if excess > 0:
             for conversation_id in list(islice(cache, excess)):  # the least recently used
                 del cache[conversation_id]
         return records
 
-    def restore(self, key: bytes, value: bytes | None) -> None:
-        """A changelog record read back: into the store (the caller commits)."""
-        if value is not None:
-            self.store.stage(key, value, (_index_key(key, Conversation.loads(value)), True))
-            return
-        old = self.store.get(key)
-        index = None if old is None else (_index_key(key, Conversation.loads(old)), False)
-        self.store.stage(key, None, index)
+    def restore(self, changed: Iterable[tuple[str, Conversation]]) -> None:
+        """Conversations read back from the changelog: into the store (the caller
+        commits). An index entry a conversation's earlier value left (an id reused past
+        its TTL) is stale, and expiry drops it."""
+        stage = self.store.stage
+        for conversation_id, conversation in changed:
+            key = _KEY + conversation_id.encode()
+            stage(key, conversation.dumps(), (_index_key(key, conversation), True))
 
     def restored(self) -> None:
         self._cache.clear()
@@ -171,7 +173,7 @@ class StoredConversations:
         for conversation_id, conversation in self._added.items():
             inmail = conversation.channel == "inmail"
             if conversation.started_at < (oldest_inmail if inmail else oldest):
-                key = conversation_id.encode()
+                key = _KEY + conversation_id.encode()
                 self.store.stage(key, None, (_index_key(key, conversation), False))
                 self._cache.pop(conversation_id, None)
                 dropped.append(conversation_id)
@@ -188,10 +190,10 @@ class StoredConversations:
                 if current is None or _index_key(key, Conversation.loads(current)) != index:
                     # gone, or started again since (an id reused past its TTL): the
                     # entry is stale, the conversation it names is not this one
-                    self.store.unindex(index)
+                    self.store.stage_index(index, False)
                     continue
                 self.store.stage(key, None, (index, False))
-                conversation_id = key.decode()
+                conversation_id = key[len(_KEY):].decode()
                 self._cache.pop(conversation_id, None)
                 dropped.append(conversation_id)
             self._expired_below[kind] = _START.pack(horizon)

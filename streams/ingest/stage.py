@@ -6,9 +6,9 @@ send rejects to the DLQ with their reason, feed the rest to the partition's
 senders, per-sender activity), then in ONE Kafka transaction (see
 :class:`~streams.kafka.stage.TransactionalStage`) produce the batch's partials (key =
 segment), the sender activity (to the partition of each sender), the DLQ records, the
-changed conversation state (compacted changelog, same partition number as the input),
-the partition clocks, watermark marks for every downstream partition, and the input
-offsets. A crash anywhere aborts the transaction; the restarted stage restores its
+batch's state records (its changed conversations, accepted event ids and the partition
+clock, a few records per batch: :mod:`streams.ingest.changelog`), watermark marks for
+every downstream partition, and the input offsets. A crash anywhere aborts the transaction; the restarted stage restores its
 state from the changelog and reprocesses the batch, so nothing is lost or doubled.
 
 The conversations live on disk (:class:`~streams.store.partition_store.PartitionStore`,
@@ -31,7 +31,18 @@ import orjson
 from aiokafka.structs import TopicPartition
 
 from streams.events import Rejection, parse
-from streams.ingest.conversation_table import StoredConversations
+from streams.ingest.changelog import (
+    CLOCK_KEY,
+    IDS_PREFIX,
+    RecordLives,
+    conversation_records,
+    conversations_expiry,
+    decode_conversations,
+    id_records,
+    ids_expiry,
+    is_conversations,
+)
+from streams.ingest.conversation_table import Conversation, StoredConversations
 from streams.ingest.conversations import BatchWindows, PartitionCore, new_core
 from streams.ingest.records import activity_records, mark_record, partial_records
 from streams.kafka.io import BatchWriter, fetched_end
@@ -51,8 +62,7 @@ from streams.windows import (
 log = logging.getLogger(__name__)
 
 FETCH_FRESH_SECONDS = 2.0  # a caught-up partition is long-polled every 0.5 s
-CLOCK_KEY = b"\x00clock"  # the partition clock's record in the state changelog
-IDS_PREFIX = b"\x00ids:"  # one record per batch: the event ids it accepted, with their ts
+STORE_LAYOUT = b"ingest-2"  # conversations under "c", record lives under "x"
 STORE_COMMIT_RECORDS = 50_000  # a full restore writes the store in slices of this many
 STORE_LOCK_WAIT_SECONDS = 120.0
 
@@ -62,7 +72,7 @@ class IngestPartition:
     core: PartitionCore
     idleness: Idleness
     store: PartitionStore
-    id_records: dict[bytes, float] = field(default_factory=dict)  # key -> newest ts in it
+    lives: RecordLives
     since: float = field(default_factory=time.monotonic)  # this worker's since (restored)
     sent_mark: tuple[Any, ...] | None = None  # last (window of wm, window of max_ts, idle)
     restoring: int = 0  # changelog records read back and not yet written to the store
@@ -105,10 +115,12 @@ class IngestStage(TransactionalStage[IngestPartition]):
 
     # --- state ----------------------------------------------------------------------------
     def new_state(self, partition: int) -> IngestPartition:
-        store = PartitionStore(self.state_path / str(partition))
+        store = PartitionStore(self.state_path / str(partition), STORE_LAYOUT)
         core = new_core(self.settings)
         core.conversations = StoredConversations(store, self.settings.state_cache_conversations)
-        return IngestPartition(core, Idleness(self.settings.idle_timeout_seconds), store)
+        return IngestPartition(
+            core, Idleness(self.settings.idle_timeout_seconds), store, RecordLives(store)
+        )
 
     async def open_state(self, partition: int) -> IngestPartition:
         """A sibling ingest process that gave the partition up may still hold its store
@@ -138,12 +150,25 @@ class IngestStage(TransactionalStage[IngestPartition]):
             state.restoring = 0
 
     def restore_record(self, state: IngestPartition, key: bytes | None, value: bytes | None) -> None:
+        """A tombstone needs nothing here: what its record held is past its horizon,
+        and expiry drops it from the store (if the store has it at all)."""
+        core = state.core
         if key is None:
             return
-        if key.startswith(b"\x00"):  # the clock, a batch's event ids
+        if is_conversations(key):
+            if value is not None:
+                changed = decode_conversations(value)
+                core.conversations.restore(changed)  # type: ignore[union-attr]
+                state.lives.track(key, conversations_expiry(
+                    key, changed, core.conversation_ttl, core.inmail_ttl))
+        elif key.startswith(IDS_PREFIX):
             state.store.stage(key, value)
-        else:
-            state.core.conversations.restore(key, value)  # type: ignore[union-attr]
+            if value is not None:
+                state.lives.track(key, ids_expiry(value, core.dedup_horizon))
+        elif key == CLOCK_KEY:
+            state.store.stage(key, value)
+        elif value is not None:  # one conversation's record, as earlier versions wrote
+            core.conversations.restore([(key.decode(), Conversation.loads(value))])  # type: ignore[union-attr]
 
     def restored(self, state: IngestPartition) -> None:
         """The store reflects the changelog: the clock and the event ids (bounded by the
@@ -154,13 +179,9 @@ class IngestStage(TransactionalStage[IngestPartition]):
         raw = store.get(CLOCK_KEY)
         if raw is not None:
             core.clock.max_ts = or_minus_inf(orjson.loads(raw)["max_ts"])
-        batches = []
-        for key, value in store.items(IDS_PREFIX):
-            ids = orjson.loads(value)
-            batches.append((max(ts for _, ts in ids), key, ids))
-        batches.sort(key=lambda batch: batch[0])  # oldest first, as expiry walks them
-        for newest, key, ids in batches:
-            state.id_records[key] = newest
+        batches = [orjson.loads(value) for _, value in store.items(IDS_PREFIX)]
+        batches.sort(key=lambda ids: max(ts for _, ts in ids))  # oldest first, as expiry
+        for ids in batches:
             core.event_ids.update(ids)
 
     def checkpoint(self, writer: BatchWriter) -> None:
@@ -210,35 +231,32 @@ class IngestStage(TransactionalStage[IngestPartition]):
         self._next_offsets[tp.partition] = last_offset + 1
         await self._send_partials(tp.partition, last_offset, batch, writer)
         await self._send_activity(tp.partition, last_offset, batch, writer)
-        state_topic, store = settings.ingest_state_topic, state.store
-        for key, value in core.conversations.stage(batch.touched):
+        state_topic, store, lives = settings.ingest_state_topic, state.store, state.lives
+        now = core.clock.max_ts
+        for key, value, expires in conversation_records(
+            core.conversations.stage(batch.touched), last_offset,
+            core.conversation_ttl, core.inmail_ttl, now,
+        ):
             await writer.add(state_topic, tp.partition, key, value)
-        if batch.event_ids:
-            key, value = IDS_PREFIX + str(last_offset).encode(), orjson.dumps(batch.event_ids)
+            lives.track(key, expires)
+        for key, value, expires in id_records(
+            batch.event_ids, last_offset, core.dedup_horizon, now
+        ):
             await writer.add(state_topic, tp.partition, key, value)
-            store.stage(key, value)
-            state.id_records[key] = max(ts for _, ts in batch.event_ids)
+            store.stage(key, value)  # read back into memory on restore
+            lives.track(key, expires)
         await self._expire(tp.partition, state, writer)
         value = orjson.dumps({"max_ts": finite_or_none(core.clock.max_ts)})
         await writer.add(state_topic, tp.partition, CLOCK_KEY, value)
         store.stage(CLOCK_KEY, value)
 
     async def _expire(self, partition: int, state: IngestPartition, writer: BatchWriter) -> None:
-        """Forget what is past its horizon, and tombstone it in the compacted changelog."""
+        """Forget what is past its horizon, and tombstone the changelog records that
+        hold nothing else (which keeps the compacted changelog bounded)."""
         state_topic = self.settings.ingest_state_topic
-        dropped, _ = state.core.expire()
-        for conversation_id in dropped:
-            await writer.add(state_topic, partition, conversation_id.encode(), None)
-        oldest = state.core.clock.max_ts - self.settings.dedup_horizon_seconds
-        stale = []
-        for key, newest in state.id_records.items():
-            if newest >= oldest:
-                break
-            stale.append(key)
-        for key in stale:
-            del state.id_records[key]
+        state.core.expire()
+        for key in list(state.lives.expired(state.core.clock.max_ts)):
             await writer.add(state_topic, partition, key, None)
-            state.store.stage(key, None)
 
     async def _send_partials(
         self, source: int, last_offset: int, batch: BatchWindows, writer: BatchWriter

@@ -1,7 +1,8 @@
-"""A local copy of one changelog partition on disk (RocksDB), with the offset it reflects.
+"""The state one changelog partition holds, on local disk (RocksDB), with the changelog
+offset it reflects.
 
 The compacted changelog in Kafka stays the source of truth; this copy only saves
-reading it all back. A stage stages the records it writes to the changelog in a batch
+reading it all back. A stage stages the state its changelog records of a batch carry
 (:meth:`PartitionStore.stage`) and, once the Kafka transaction holding them committed,
 writes them here in one atomic RocksDB write together with the changelog offset of the
 last of them (:meth:`PartitionStore.commit`): the local checkpoint. A crash before that
@@ -12,14 +13,17 @@ without commit), so the store never holds what Kafka does not.
 
 On restore (:meth:`PartitionStore.restore_from`) a store is trusted only if its
 checkpoint lies inside the changelog partition (between its start and its end offset);
-a store that is missing, unreadable, or reflects a changelog that is not there any more
-(older than the changelog's start: the records in between are gone; newer than its
-end: the topic was recreated) is wiped and rebuilt from the whole changelog.
+a store that is missing, unreadable, written by a version that laid its keys out
+otherwise (``layout``), or reflects a changelog that is not there any more (older than
+the changelog's start: the records in between are gone; newer than its end: the topic
+was recreated) is wiped and rebuilt from the whole changelog.
 
-Secondary keys (:meth:`PartitionStore.stage` with ``index``) let a stage walk its state
-in another order than the key's, e.g. conversations by start time for expiry. Data,
-index and checkpoint live under prefixes of their own (``d``, ``i``, ``m``): a changelog
-key may be any bytes.
+What a stage keeps here is its state as it reads it (e.g. a conversation per key), which
+need not be its changelog records' shape (a batch's conversations in one record).
+Secondary keys (:meth:`PartitionStore.stage` with ``index``, :meth:`stage_index`) let a
+stage walk its state in another order than the key's, e.g. conversations by start time
+for expiry. Data, index and checkpoint live under prefixes of their own (``d``, ``i``,
+``m``): a key may be any bytes.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ log = logging.getLogger(__name__)
 
 _DATA, _INDEX = b"d", b"i"
 CHECKPOINT_KEY = b"m:checkpoint"
+LAYOUT_KEY = b"m:layout"  # what the stage's keys and values mean: a store of another is wiped
 _UNSTAGED = object()
 _OFFSET = struct.Struct(">q")
 
@@ -48,8 +53,9 @@ class StoreLocked(Exception):
 class PartitionStore:
     """RocksDB with the changelog's keys and values, plus staged writes and a checkpoint."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, layout: bytes = b"1") -> None:
         self.path = path
+        self.layout = layout
         self.rebuilt: str | None = None  # why the store was wiped on open, if it was
         self._pending: dict[bytes, bytes | None] = {}  # prefixed keys, data and index
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,9 +125,10 @@ class PartitionStore:
             secondary, present = index
             self._pending[_INDEX + secondary] = b"" if present else None
 
-    def unindex(self, secondary: bytes) -> None:
-        """Remove a secondary key alone (it pointed at a value that has moved on)."""
-        self._pending[_INDEX + secondary] = None
+    def stage_index(self, secondary: bytes, present: bool) -> None:
+        """Add or remove a secondary key alone (e.g. one that pointed at a value that has
+        moved on, or one that says when a record expires)."""
+        self._pending[_INDEX + secondary] = b"" if present else None
 
     def commit(self, changelog_offset: int | None) -> None:
         """The transaction holding the staged records committed: write them, atomically
@@ -136,6 +143,7 @@ class PartitionStore:
                 batch.put(key, value)
         if changelog_offset is not None:
             batch.put(CHECKPOINT_KEY, _OFFSET.pack(changelog_offset))
+            batch.put(LAYOUT_KEY, self.layout)
         self._db.write(batch)
         self._pending.clear()
 
@@ -163,6 +171,8 @@ class PartitionStore:
                 self.wipe("no checkpoint")
             elif end > beginning:
                 self.rebuilt = "empty"
+        elif (layout := self._db.get(LAYOUT_KEY)) != self.layout:
+            self.wipe(f"written by another version (layout {layout!r}, this one {self.layout!r})")
         elif checkpoint + 1 < beginning:
             self.wipe(f"older than the changelog (checkpoint {checkpoint}, "
                       f"changelog starts at {beginning})")

@@ -1,0 +1,163 @@
+"""The ingest's state changelog (``messaging.ingest.state``): its records and their lives.
+
+One input partition's state goes to the changelog partition of the same number, in the
+transaction of the batch that changed it, as a few records per batch rather than one
+per conversation (a record costs the broker about as much as an event's worth of work,
+so per-conversation records were most of what it did for us):
+
+- ``\\x00clock``: the partition clock; every batch replaces it.
+- ``\\x00ids:<offset>``: the event ids the batch accepted, with their event time.
+- ``\\x00conversations:<offset>`` and ``\\x00inmail:<offset>``: the conversations the
+  batch started or changed, whole. InMail conversations are remembered for the 30-day
+  InMail horizon, the others for the conversation TTL: in one record the others would
+  live as long.
+
+A batch's ids and conversations are split into records of about ``RECORD_BYTES`` at
+most (so below the broker's default ``max.message.bytes``, 1 MiB, whatever the ids hold),
+keyed
+``<offset>:<n>``: the batch's last input offset and the chunk's number, so keys never
+repeat and a restore, in changelog order, ends with each conversation's latest value. A record is tombstoned
+once everything in it is past its horizon (:class:`RecordLives`), which is what keeps
+the compacted changelog bounded: the newest event id's ts plus the dedup horizon; the
+latest start plus the TTL.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
+
+import msgspec
+import orjson
+
+from streams.ingest.conversation_table import Conversation
+from streams.store.partition_store import PartitionStore
+
+CLOCK_KEY = b"\x00clock"
+IDS_PREFIX = b"\x00ids:"
+CONVERSATIONS_PREFIX = b"\x00conversations:"
+INMAIL_PREFIX = b"\x00inmail:"
+
+# counted in characters: even if every one took JSON's longest escape (6 bytes) a
+# record would stay below 1 MiB
+RECORD_BYTES = 128 * 1024
+
+Changed = list[tuple[str, Conversation]]
+Item = TypeVar("Item")
+
+_ENCODER = msgspec.json.Encoder()
+_CONVERSATIONS = msgspec.json.Decoder(Changed)
+_EXPIRY = struct.Struct(">d")  # big-endian float: index entries sort by time (ts >= 0)
+_LIVES = b"x"  # the store's index of live records by expiry time
+
+
+def conversation_records(
+    changed: Changed, last_offset: int, ttl: float, inmail_ttl: float, now: float
+) -> list[tuple[bytes, bytes, float]]:
+    """``(key, value, expires)`` for a batch's changed conversations. A record all of
+    whose conversations are already past their TTL (a batch can span more than it) is
+    not written: nothing would read it."""
+    common = [item for item in changed if item[1].channel != "inmail"]
+    inmail = [item for item in changed if item[1].channel == "inmail"]
+    out = []
+    for prefix, group, lifetime in ((CONVERSATIONS_PREFIX, common, ttl),
+                                    (INMAIL_PREFIX, inmail, inmail_ttl)):
+        for n, chunk in enumerate(_chunks(group, _conversation_bytes)):
+            expires = max(conversation.started_at for _, conversation in chunk) + lifetime
+            if expires >= now:
+                out.append((_key(prefix, last_offset, n), _ENCODER.encode(chunk), expires))
+    return out
+
+
+def id_records(
+    accepted: list[tuple[str, float]], last_offset: int, horizon: float, now: float
+) -> list[tuple[bytes, bytes, float]]:
+    """``(key, value, expires)`` for the event ids a batch accepted, with their ts; as
+    :func:`conversation_records`, none all of whose ids are forgotten already."""
+    out = []
+    for n, chunk in enumerate(_chunks(accepted, _id_bytes)):
+        expires = max(ts for _, ts in chunk) + horizon
+        if expires >= now:
+            out.append((_key(IDS_PREFIX, last_offset, n), orjson.dumps(chunk), expires))
+    return out
+
+
+def ids_expiry(value: bytes, horizon: float) -> float:
+    return max(ts for _, ts in orjson.loads(value)) + horizon
+
+
+def _key(prefix: bytes, last_offset: int, n: int) -> bytes:
+    return prefix + b"%d:%d" % (last_offset, n)
+
+
+def _conversation_bytes(item: tuple[str, Conversation]) -> int:
+    conversation_id, conversation = item
+    return len(conversation_id) + len(conversation.starter_id) + len(conversation.recipient_id) + 64
+
+
+def _id_bytes(item: tuple[str, float]) -> int:
+    return len(item[0]) + 32
+
+
+def _chunks(items: Iterable[Item], size_of: Callable[[Item], int]) -> Iterator[list[Item]]:
+    """Consecutive runs of ``items`` of at most ``RECORD_BYTES`` (by ``size_of``: the
+    item's characters and a bound on the JSON around them)."""
+    chunk: list[Item] = []
+    size = 0
+    for item in items:
+        item_size = size_of(item)
+        if chunk and size + item_size > RECORD_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += item_size
+    if chunk:
+        yield chunk
+
+
+def is_conversations(key: bytes) -> bool:
+    return key.startswith((CONVERSATIONS_PREFIX, INMAIL_PREFIX))
+
+
+def decode_conversations(value: bytes) -> Changed:
+    return _CONVERSATIONS.decode(value)
+
+
+def conversations_expiry(key: bytes, changed: Changed, ttl: float, inmail_ttl: float) -> float:
+    lifetime = inmail_ttl if key.startswith(INMAIL_PREFIX) else ttl
+    return max(conversation.started_at for _, conversation in changed) + lifetime
+
+
+class RecordLives:
+    """When each live changelog record may be tombstoned, kept in the partition's store
+    (an index entry per record, by expiry time) so that a week of batches' records costs
+    no memory and survives a restart with the store."""
+
+    def __init__(self, store: PartitionStore) -> None:
+        self.store = store
+        self._walked_below = b""  # every entry below this was tombstoned already
+
+    def track(self, key: bytes, expires: float) -> None:
+        when = _EXPIRY.pack(max(0.0, expires))
+        self.store.stage_index(_LIVES + when + key, True)
+        # due already (before the last walk's bound)? then the next walk starts from it
+        self._walked_below = min(self._walked_below, when)
+
+    def expired(self, now: float) -> Iterator[bytes]:
+        """The keys of records past their expiry, each forgotten by the store (data and
+        index entry) as it is yielded: the caller tombstones it in the changelog.
+
+        Entries staged in the batch in flight are not seen until it is committed. A
+        record tombstoned while its index entry stayed (a crash between the Kafka commit
+        and the store's) is yielded again: a second tombstone is harmless."""
+        if now < 0:
+            return
+        bound = _LIVES + _EXPIRY.pack(now)
+        for entry in self.store.index(_LIVES, self._walked_below):
+            if entry >= bound:
+                break
+            key = entry[len(_LIVES) + _EXPIRY.size:]
+            self.store.stage(key, None, (entry, False))
+            yield key
+        self._walked_below = _EXPIRY.pack(now)

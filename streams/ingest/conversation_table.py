@@ -19,22 +19,26 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 from itertools import islice
+from typing import Literal
 
 import msgspec
 
+from streams.events import CHANNELS, SENDER_TYPES
 from streams.store.partition_store import PartitionStore
 
 
 class Conversation(msgspec.Struct, array_like=True, gc=False):
     """One conversation's start. Not tracked by Python's cycle collector (it holds only
     strings, a float and a bool): a partition holds hundreds of thousands of these, and
-    with them tracked the collector's full passes took a third of the ingest's time."""
+    with them tracked the collector's full passes took a third of the ingest's time.
+    The channel and starter type are literals: decoded, every conversation shares the
+    one string of each value instead of holding copies (a ninth of a cached one)."""
 
     started_at: float
     starter_id: str
     recipient_id: str
-    channel: str
-    starter_type: str
+    channel: Literal[CHANNELS]  # type: ignore[valid-type]
+    starter_type: Literal[SENDER_TYPES]  # type: ignore[valid-type]
     replied: bool = False
     responded: bool = False  # an InMail's first response: a reply or an answer
 

@@ -34,6 +34,7 @@ from streams.kafka.outage import (
     keep_trying,
     pause,
 )
+from streams.process_memory import release_free_memory
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -547,3 +548,4 @@ class TransactionalStage(ABC, Generic[State]):
             self._failures_in_a_row = self._unexpected_in_a_row = 0
             self.health.succeeded("committing a batch")
         self.committed(events, time.perf_counter() - started)
+        release_free_memory()

@@ -2,24 +2,23 @@
 
 One input partition's state goes to the changelog partition of the same number, in the
 transaction of the batch that changed it, as a few records per batch rather than one
-per conversation (a record costs the broker about as much as an event's worth of work,
-so per-conversation records were most of what it did for us):
+per conversation (which was 0.5 records per event, nearly all the records we wrote):
 
 - ``\\x00clock``: the partition clock; every batch replaces it.
-- ``\\x00ids:<offset>``: the event ids the batch accepted, with their event time.
-- ``\\x00conversations:<offset>`` and ``\\x00inmail:<offset>``: the conversations the
-  batch started or changed, whole. InMail conversations are remembered for the 30-day
-  InMail horizon, the others for the conversation TTL: in one record the others would
-  live as long.
+- ``\\x00ids:<offset>:<n>``: the event ids the batch accepted, with their event time.
+- ``\\x00conversations:<offset>:<n>`` and ``\\x00inmail:<offset>:<n>``: the
+  conversations the batch started or changed, whole. InMail conversations are
+  remembered for the 30-day InMail horizon, the others for the conversation TTL: in one
+  record the others would live as long.
 
-A batch's ids and conversations are split into records of about ``RECORD_BYTES`` at
-most (so below the broker's default ``max.message.bytes``, 1 MiB, whatever the ids hold),
-keyed
-``<offset>:<n>``: the batch's last input offset and the chunk's number, so keys never
-repeat and a restore, in changelog order, ends with each conversation's latest value. A record is tombstoned
-once everything in it is past its horizon (:class:`RecordLives`), which is what keeps
-the compacted changelog bounded: the newest event id's ts plus the dedup horizon; the
-latest start plus the TTL.
+A batch's ids and conversations are split into records of about ``RECORD_BYTES`` at most
+(so below the broker's default ``max.message.bytes``, 1 MiB, whatever the ids hold),
+keyed by the batch's last input offset and the chunk's number. A restore reads them in
+changelog order, so each conversation ends with its latest value, and then drops what
+is past its horizon, as the live stage did batch by batch. A record is tombstoned once
+everything in it is past its horizon (:class:`RecordLives`), which keeps the compacted
+changelog bounded: the newest event id's ts plus the dedup horizon; the latest start
+plus the TTL.
 """
 
 from __future__ import annotations
@@ -50,6 +49,7 @@ _ENCODER = msgspec.json.Encoder()
 _CONVERSATIONS = msgspec.json.Decoder(Changed)
 _EXPIRY = struct.Struct(">d")  # big-endian float: index entries sort by time (ts >= 0)
 _LIVES = b"x"  # the store's index of live records by expiry time
+_LIFE = b"\x00life:"  # + a record's key: its expiry time, in the store
 
 
 def conversation_records(
@@ -63,8 +63,8 @@ def conversation_records(
     out = []
     for prefix, group, lifetime in ((CONVERSATIONS_PREFIX, common, ttl),
                                     (INMAIL_PREFIX, inmail, inmail_ttl)):
-        # a bound on each one's JSON: its strings' characters and the rest (< 64)
-        sizes = [len(cid) + len(c.starter_id) + len(c.recipient_id) + 64 for cid, c in group]
+        # a bound on each one's JSON: its strings' characters and the rest (< 96)
+        sizes = [len(cid) + len(c.starter_id) + len(c.recipient_id) + 96 for cid, c in group]
         for n, chunk in enumerate(_chunks(group, sizes)):
             expires = max([conversation.started_at for _, conversation in chunk]) + lifetime
             if expires >= now:
@@ -120,33 +120,48 @@ def _chunks(items: list[Item], sizes: list[int]) -> list[list[Item]]:
 
 class RecordLives:
     """When each live changelog record may be tombstoned, kept in the partition's store
-    (an index entry per record, by expiry time) so that a week of batches' records costs
-    no memory and survives a restart with the store."""
+    (an index entry per record by expiry time, and the record's expiry by its key) so
+    that a week of batches' records costs no memory and survives a restart with the
+    store.
+
+    A key written again (input offsets start over when the events topic is recreated,
+    and keys are made of them) replaces the record in the compacted changelog: the older
+    entry's expiry no longer matches the key's, so it is dropped without a tombstone,
+    which would take the newer record with it."""
 
     def __init__(self, store: PartitionStore) -> None:
         self.store = store
-        self._walked_below = b""  # every entry below this was tombstoned already
+        self._walked_below = b""  # every entry below this was walked already
 
     def track(self, key: bytes, expires: float) -> None:
         when = _EXPIRY.pack(max(0.0, expires))
-        self.store.stage_index(_LIVES + when + key, True)
-        # due already (before the last walk's bound)? then the next walk starts from it
+        self.store.stage(_LIFE + key, when, (_LIVES + when + key, True))
+        # records are written only while not expired (>= now), so this lowers nothing in
+        # the stage; it keeps the walk right for any caller that tracks a due record
         self._walked_below = min(self._walked_below, when)
 
     def expired(self, now: float) -> Iterator[bytes]:
-        """The keys of records past their expiry, each forgotten by the store (data and
-        index entry) as it is yielded: the caller tombstones it in the changelog.
+        """The keys of records past their expiry, each forgotten by the store as it is
+        yielded (a batch of event ids' copy too): the caller tombstones it in the
+        changelog.
 
         Entries staged in the batch in flight are not seen until it is committed. A
-        record tombstoned while its index entry stayed (a crash between the Kafka commit
+        record tombstoned while its entries stayed (a crash between the Kafka commit
         and the store's) is yielded again: a second tombstone is harmless."""
         if now < 0:
             return
+        store = self.store
         bound = _LIVES + _EXPIRY.pack(now)
-        for entry in self.store.index(_LIVES, self._walked_below):
+        for entry in store.index(_LIVES, self._walked_below):
             if entry >= bound:
                 break
+            when = entry[len(_LIVES):len(_LIVES) + _EXPIRY.size]
             key = entry[len(_LIVES) + _EXPIRY.size:]
-            self.store.stage(key, None, (entry, False))
+            store.stage_index(entry, False)
+            if store.get(_LIFE + key) != when:
+                continue  # the key was written again since, to live longer
+            store.stage(_LIFE + key, None)
+            if key.startswith(IDS_PREFIX):
+                store.stage(key, None)
             yield key
         self._walked_below = _EXPIRY.pack(now)

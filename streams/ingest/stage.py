@@ -62,7 +62,7 @@ from streams.windows import (
 log = logging.getLogger(__name__)
 
 FETCH_FRESH_SECONDS = 2.0  # a caught-up partition is long-polled every 0.5 s
-STORE_LAYOUT = b"ingest-2"  # conversations under "c", record lives under "x"
+STORE_LAYOUT = b"ingest-3"  # conversations under "c"; record lives: index "x", data "\\x00life:"
 STORE_COMMIT_RECORDS = 50_000  # a full restore writes the store in slices of this many
 STORE_LOCK_WAIT_SECONDS = 120.0
 
@@ -150,8 +150,8 @@ class IngestStage(TransactionalStage[IngestPartition]):
             state.restoring = 0
 
     def restore_record(self, state: IngestPartition, key: bytes | None, value: bytes | None) -> None:
-        """A tombstone needs nothing here: what its record held is past its horizon,
-        and expiry drops it from the store (if the store has it at all)."""
+        """A conversations record's tombstone needs nothing: what it held is past its
+        horizon, and :meth:`restored` drops that from the store."""
         core = state.core
         if key is None:
             return
@@ -168,11 +168,20 @@ class IngestStage(TransactionalStage[IngestPartition]):
         elif key == CLOCK_KEY:
             state.store.stage(key, value)
         elif value is not None:  # one conversation's record, as earlier versions wrote
-            core.conversations.restore([(key.decode(), Conversation.loads(value))])  # type: ignore[union-attr]
+            conversation_id = key.decode()
+            conversation = Conversation.loads(value)
+            core.conversations.restore([(conversation_id, conversation)])  # type: ignore[union-attr]
+            # tombstoned when it expires, as this version's records are
+            inmail = conversation.channel == "inmail"
+            lifetime = core.inmail_ttl if inmail else core.conversation_ttl
+            state.lives.track(key, conversation.started_at + lifetime)
 
     def restored(self, state: IngestPartition) -> None:
         """The store reflects the changelog: the clock and the event ids (bounded by the
-        dedup horizon) come into memory, conversations stay on disk until needed."""
+        dedup horizon) come into memory, conversations stay on disk until needed. Then
+        what is past its horizon goes, as the live stage dropped it batch by batch: a
+        record lives while anything in it does, so it can bring back conversations (and
+        older values of them) that the live stage had forgotten."""
         store, core = state.store, state.core
         store.commit(state.restored_through)
         core.conversations.restored()
@@ -183,6 +192,8 @@ class IngestStage(TransactionalStage[IngestPartition]):
         batches.sort(key=lambda ids: max(ts for _, ts in ids))  # oldest first, as expiry
         for ids in batches:
             core.event_ids.update(ids)
+        core.expire()
+        store.commit(None)
 
     def checkpoint(self, writer: BatchWriter) -> None:
         for partition, state in self.partitions.items():

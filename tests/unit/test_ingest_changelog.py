@@ -4,10 +4,18 @@ conversation the live table remembers."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+from aiokafka.structs import TopicPartition
 
 from streams.ingest.changelog import (
     CONVERSATIONS_PREFIX,
+    IDS_PREFIX,
     INMAIL_PREFIX,
     RecordLives,
     conversation_records,
@@ -64,18 +72,18 @@ def test_a_large_batch_is_split_into_records_below_the_brokers_message_limit() -
 def test_record_lives_yield_each_expired_record_once_in_expiry_order(tmp_path: Path) -> None:
     store = PartitionStore(tmp_path / "p0")
     lives = RecordLives(store)
-    for key, expires in ((b"late", 900.0), (b"early", 100.0), (b"mid", 500.0)):
-        store.stage(key, b"v")
+    early, mid, late = (IDS_PREFIX + name for name in (b"early", b"mid", b"late"))
+    for key, expires in ((late, 900.0), (early, 100.0), (mid, 500.0)):
+        store.stage(key, b"[]")  # a batch's ids are kept in the store too
         lives.track(key, expires)
     store.commit(1)
-    assert list(lives.expired(600.0)) == [b"early", b"mid"]
-    assert store.get(b"early") is None and store.get(b"late") == b"v"
+    assert list(lives.expired(600.0)) == [early, mid]
+    assert store.get(early) is None and store.get(late) == b"[]"
     store.commit(2)
     assert list(lives.expired(600.0)) == []
     assert list(RecordLives(store).expired(600.0)) == []  # gone from the store too
-    assert list(lives.expired(901.0)) == [b"late"]
+    assert list(lives.expired(901.0)) == [late]
     store.commit(3)
-    store.stage(b"due", b"v")
     lives.track(b"due", 700.0)  # due before the walks so far: the next one still finds it
     store.commit(4)
     assert list(lives.expired(902.0)) == [b"due"]
@@ -178,5 +186,99 @@ def test_the_ingest_restores_its_state_from_the_records_it_writes(tmp_path: Path
     for conversation_id, conversation in changed:
         assert core.conversation(conversation_id) == conversation
     assert core.conversation("legacy-1") == _conversation(now - 60.0)
+    restored.store.commit(len(records))
+    assert b"legacy-1" in list(restored.lives.expired(now + 1e9))  # tombstoned in time
     assert len(changed) > 100
     restored.store.close()
+
+
+def test_a_rewritten_key_is_not_tombstoned_by_its_older_life(tmp_path: Path) -> None:
+    """Input offsets start over when the events topic is recreated, and record keys are
+    made of them: the newer record must not go when the older one's life ends."""
+    store = PartitionStore(tmp_path / "p0")
+    lives = RecordLives(store)
+    lives.track(b"k", 100.0)
+    store.commit(1)
+    lives.track(b"k", 500.0)  # the same key, written again
+    store.commit(2)
+    assert list(lives.expired(200.0)) == []
+    store.commit(3)
+    assert list(lives.expired(600.0)) == [b"k"]
+    store.close()
+
+
+class _Recorder:
+    """Stands in for the Kafka transaction's writer: what a batch would write."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, bytes | None]] = []
+
+    async def add(self, topic: str, partition: int, key: bytes | None, value: bytes | None,
+                  headers: Any = None) -> None:
+        self.records.append((topic, key, value))
+
+
+_numbers = itertools.count()
+
+
+def _sent(ts: float, cid: str, sender: str, recipient: str, first: bool) -> dict[str, Any]:
+    n = next(_numbers)
+    return {"event_id": f"e-{n}", "type": "message_sent", "ts": ts, "conversation_id": cid,
+            "schema_version": 2, "message_id": f"msg-{n}", "sender_id": sender,
+            "recipient_id": recipient, "sender_type": "member", "channel": "connection",
+            "content_type": "text", "platform": "web", "entry_point": "inbox",
+            "first_in_conversation": first}
+
+
+def test_a_rebuild_forgets_what_the_live_stage_forgot(tmp_path: Path) -> None:
+    """X and Y start in one batch, so one record holds both; X passes its TTL while Y
+    keeps the record alive. A reply to X that is not late finds nothing in the live
+    stage, and must find nothing after a rebuild from the changelog either."""
+    from streams.ingest.stage import IngestStage
+    from streams.settings import Settings
+
+    settings = Settings(state_dir=tmp_path, kafka_bootstrap_servers="127.0.0.1:1")  # unused
+    stage = IngestStage(settings, report=lambda report: None)
+    tp = TopicPartition(settings.events_topic, 0)
+    state_topic = settings.ingest_state_topic
+    t0, week = 1_790_000_040.0, settings.conversation_ttl_seconds
+    changelog: dict[bytes, tuple[int, bytes]] = {}  # compacted: key -> (offset, value)
+    offsets = itertools.count()
+
+    def batch(state: Any, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        messages = [SimpleNamespace(key=None, value=orjson.dumps(e), offset=next(offsets))
+                    for e in events]
+        writer = _Recorder()
+        asyncio.run(stage.process(tp, state, messages, writer))  # type: ignore[arg-type]
+        for topic, key, value in writer.records:
+            if topic == state_topic and key is not None:
+                if value is None:
+                    changelog.pop(key, None)
+                else:
+                    changelog[key] = (next(offsets), value)
+        state.store.commit(next(offsets))
+        return [{**orjson.loads(value), "offset": None}  # offsets differ: they are ours
+                for topic, _, value in writer.records if topic == settings.partials_topic]
+
+    live = stage.new_state(0)
+    batch(live, [_sent(t0, "x", "a", "b", True), _sent(t0 + 3600, "y", "c", "d", True)])
+    # the clock moves a day at most per event (MAX_AHEAD_SECONDS): a day's steps
+    steps = [_sent(t0 + 3600 + k * 72_000, f"z{k}", "e", "f", True) for k in range(1, 9)]
+    batch(live, [*steps, _sent(t0 + week + 10, "z", "e", "f", True)])
+    assert live.core.conversation("x") is None  # past its TTL, dropped
+    assert any(b"x" in value for _, value in changelog.values())  # its record lives on
+
+    rebuilt = stage.new_state(1)
+    rebuilt.store.restore_from(0, 1)
+    for key, (_, value) in sorted(changelog.items(), key=lambda item: item[1][0]):
+        stage.restore_record(rebuilt, key, value)
+    rebuilt.restored_through = next(offsets)
+    stage.restored(rebuilt)
+    assert rebuilt.core.conversation("x") is None
+    assert rebuilt.core.conversation("y") is not None
+
+    reply = [_sent(t0 + week - 5, "x", "b", "a", False)]  # not late: its window is open
+    assert batch(rebuilt, reply) == batch(live, [dict(reply[0])])
+    assert live.core.conversation("x") is None and rebuilt.core.conversation("x") is None
+    live.store.close()
+    rebuilt.store.close()

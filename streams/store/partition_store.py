@@ -69,20 +69,23 @@ class PartitionStore:
             self._db = self._open()
 
     def _open(self) -> Rdict:
-        # Memory per store is bounded: two 16 MiB memtables and a 16 MiB block cache (a
-        # worker has one store per events partition it owns). Bloom filters, in the
+        # Memory per store is bounded: two 8 MiB memtables and an 8 MiB block cache (a
+        # worker has one store per events partition it owns). At 16 MiB each a worker of
+        # four partitions held 1116 MiB after 34M events (9.9M conversations), 957 with
+        # 8, at the same events/s (bench --restart and the throughput bench).
+        # Bloom filters, in the
         # tables and (a tenth of its size) in the memtable, answer most look-ups of keys
         # not there (every conversation's first message) without a search: a third off
         # the time of a get, measured offline.
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
-        table.set_block_cache(Cache(16 << 20))
+        table.set_block_cache(Cache(8 << 20))
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         options.set_paranoid_checks(True)
         options.set_max_open_files(256)
         options.set_block_based_table_factory(table)
-        options.set_write_buffer_size(16 << 20)
+        options.set_write_buffer_size(8 << 20)
         options.set_max_write_buffer_number(2)
         options.set_memtable_prefix_bloom_ratio(0.1)
         options.set_memtable_whole_key_filtering(True)

@@ -61,12 +61,11 @@ def conversation_records(
     common = [item for item in changed if item[1].channel != "inmail"]
     inmail = [item for item in changed if item[1].channel == "inmail"]
     out = []
-    for prefix, group, lifetime in ((CONVERSATIONS_PREFIX, common, ttl),
-                                    (INMAIL_PREFIX, inmail, inmail_ttl)):
+    for prefix, group in ((CONVERSATIONS_PREFIX, common), (INMAIL_PREFIX, inmail)):
         # a bound on each one's JSON: its strings' characters and the rest (< 96)
         sizes = [len(cid) + len(c.starter_id) + len(c.recipient_id) + 96 for cid, c in group]
         for n, chunk in enumerate(_chunks(group, sizes)):
-            expires = max([conversation.started_at for _, conversation in chunk]) + lifetime
+            expires = conversations_expiry(chunk, ttl, inmail_ttl)
             if expires >= now:
                 out.append((_key(prefix, last_offset, n), _ENCODER.encode(chunk), expires))
     return out
@@ -80,7 +79,7 @@ def id_records(
     out = []
     sizes = [len(event_id) + 32 for event_id, _ in accepted]
     for n, chunk in enumerate(_chunks(accepted, sizes)):
-        expires = max([ts for _, ts in chunk]) + horizon
+        expires = ids_expiry(chunk, horizon)
         if expires >= now:
             out.append((_key(IDS_PREFIX, last_offset, n), orjson.dumps(chunk), expires))
     return out
@@ -94,13 +93,15 @@ def decode_conversations(value: bytes) -> Changed:
     return _CONVERSATIONS.decode(value)
 
 
-def conversations_expiry(key: bytes, changed: Changed, ttl: float, inmail_ttl: float) -> float:
-    lifetime = inmail_ttl if key.startswith(INMAIL_PREFIX) else ttl
-    return max(conversation.started_at for _, conversation in changed) + lifetime
+def conversations_expiry(changed: Changed, ttl: float, inmail_ttl: float) -> float:
+    """When the last of these conversations is past its TTL (InMail ones: the longer)."""
+    return max(conversation.started_at + (inmail_ttl if conversation.channel == "inmail"
+                                          else ttl) for _, conversation in changed)
 
 
-def ids_expiry(value: bytes, horizon: float) -> float:
-    return max(ts for _, ts in orjson.loads(value)) + horizon
+def ids_expiry(accepted: list[tuple[str, float]], horizon: float) -> float:
+    """When the newest of these event ids is past the dedup horizon."""
+    return max([ts for _, ts in accepted]) + horizon
 
 
 def _key(prefix: bytes, last_offset: int, n: int) -> bytes:

@@ -8,8 +8,9 @@ senders, per-sender activity), then in ONE Kafka transaction (see
 segment), the sender activity (to the partition of each sender), the DLQ records, the
 batch's state records (its changed conversations, accepted event ids and the partition
 clock, a few records per batch: :mod:`streams.ingest.changelog`), watermark marks for
-every downstream partition, and the input offsets. A crash anywhere aborts the transaction; the restarted stage restores its
-state from the changelog and reprocesses the batch, so nothing is lost or doubled.
+every downstream partition, and the input offsets. A crash anywhere aborts the
+transaction; the restarted stage restores its state from the changelog and reprocesses
+the batch, so nothing is lost or doubled.
 
 The conversations live on disk (:class:`~streams.store.partition_store.PartitionStore`,
 one per partition under ``STATE_DIR``) behind a bounded cache: after each committed
@@ -160,21 +161,19 @@ class IngestStage(TransactionalStage[IngestPartition]):
                 changed = decode_conversations(value)
                 core.conversations.restore(changed)  # type: ignore[union-attr]
                 state.lives.track(key, conversations_expiry(
-                    key, changed, core.conversation_ttl, core.inmail_ttl))
+                    changed, core.conversation_ttl, core.inmail_ttl))
         elif key.startswith(IDS_PREFIX):
             state.store.stage(key, value)
             if value is not None:
-                state.lives.track(key, ids_expiry(value, core.dedup_horizon))
+                state.lives.track(key, ids_expiry(orjson.loads(value), core.dedup_horizon))
         elif key == CLOCK_KEY:
             state.store.stage(key, value)
         elif value is not None:  # one conversation's record, as earlier versions wrote
-            conversation_id = key.decode()
-            conversation = Conversation.loads(value)
-            core.conversations.restore([(conversation_id, conversation)])  # type: ignore[union-attr]
+            changed = [(key.decode(), Conversation.loads(value))]
+            core.conversations.restore(changed)  # type: ignore[union-attr]
             # tombstoned when it expires, as this version's records are
-            inmail = conversation.channel == "inmail"
-            lifetime = core.inmail_ttl if inmail else core.conversation_ttl
-            state.lives.track(key, conversation.started_at + lifetime)
+            state.lives.track(key, conversations_expiry(
+                changed, core.conversation_ttl, core.inmail_ttl))
 
     def restored(self, state: IngestPartition) -> None:
         """The store reflects the changelog: the clock and the event ids (bounded by the

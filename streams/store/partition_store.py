@@ -51,7 +51,7 @@ class StoreLocked(Exception):
 
 
 class PartitionStore:
-    """RocksDB with the changelog's keys and values, plus staged writes and a checkpoint."""
+    """RocksDB with a stage's state, plus staged writes, a checkpoint and a layout."""
 
     def __init__(self, path: Path, layout: bytes = b"1") -> None:
         self.path = path
@@ -72,11 +72,10 @@ class PartitionStore:
         # Memory per store is bounded: two 8 MiB memtables and an 8 MiB block cache (a
         # worker has one store per events partition it owns). At 16 MiB each a worker of
         # four partitions held 1116 MiB after 34M events (9.9M conversations), 957 with
-        # 8, at the same events/s (bench --restart and the throughput bench).
-        # Bloom filters, in the
-        # tables and (a tenth of its size) in the memtable, answer most look-ups of keys
-        # not there (every conversation's first message) without a search: a third off
-        # the time of a get, measured offline.
+        # 8, at the same events/s (bench --restart and the throughput bench). Bloom
+        # filters, in the tables and (a tenth of its size) in the memtable, answer most
+        # look-ups of keys not there (every conversation's first message) without a
+        # search: a third off the time of a get, measured offline.
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
         table.set_block_cache(Cache(8 << 20))

@@ -42,8 +42,8 @@ def test_a_batch_writes_one_record_per_lifetime_keyed_by_its_offset() -> None:
     ]
     assert decode_conversations(records[0][1]) == [changed[0], changed[2]]
     assert decode_conversations(records[1][1]) == [changed[1]]
-    key, value, expires = records[1]
-    assert conversations_expiry(key, decode_conversations(value), 1000.0, 5000.0) == expires
+    _, value, expires = records[1]
+    assert conversations_expiry(decode_conversations(value), 1000.0, 5000.0) == expires
 
 
 def test_a_group_already_past_its_ttl_is_not_written() -> None:

@@ -79,6 +79,11 @@ class LocalMonitoring:
         return f"http://127.0.0.1:{self.prometheus_port}"
 
     @property
+    def remote_write_url(self) -> str:
+        """Where a worker's history stage writes (``HISTORY_REMOTE_WRITE_URL``)."""
+        return f"{self.prometheus_url}/api/v1/write"
+
+    @property
     def alertmanager_url(self) -> str:
         return f"http://127.0.0.1:{self.alertmanager_port}"
 
@@ -116,6 +121,7 @@ class LocalMonitoring:
             prometheus, f"--config.file={self.workdir / 'prometheus.yml'}",
             f"--storage.tsdb.path={self.workdir / 'prometheus-data'}",
             f"--web.listen-address=127.0.0.1:{self.prometheus_port}",
+            "--web.enable-remote-write-receiver",  # the workers' history stage writes here
         ])
         try:
             self._wait_ready(self.alertmanager_url + "/-/ready", timeout)

@@ -459,6 +459,10 @@ def render_alert_rules(
 
 
 # --- Prometheus and Alertmanager configs ----------------------------------------------------
+# How old a window may be when the history stage writes it (see render_prometheus_config)
+OUT_OF_ORDER_WINDOW = "7d"
+
+
 def render_prometheus_config(
     worker_targets: Sequence[str],
     alertmanager: str,
@@ -468,9 +472,16 @@ def render_prometheus_config(
     evaluation_interval: str | None = None,
     worker_dns_names: Sequence[str] = (),
     worker_port: int = 6066,
+    out_of_order_window: str = OUT_OF_ORDER_WINDOW,
 ) -> str:
     """A ``prometheus.yml`` scraping the workers (job ``messaging-worker``), loading the
     rule files (relative to the config file) and alerting ``alertmanager`` (host:port).
+
+    The TSDB takes samples up to ``out_of_order_window`` older than its newest: the
+    workers' history stage remote-writes each window at its event-time end, and a
+    catch-up (a restart, an outage, a replay) writes windows that are hours old. (The
+    remote-write receiver itself is a command-line flag:
+    ``--web.enable-remote-write-receiver``.)
 
     Workers are ``worker_targets`` (host:port, static) and/or every address of the DNS
     names ``worker_dns_names`` (A records, on ``worker_port``): the committed file finds
@@ -479,7 +490,7 @@ def render_prometheus_config(
     if not worker_targets and not worker_dns_names:
         raise ValueError("at least one worker target or DNS name is needed")
     evaluation = evaluation_interval or scrape_interval
-    for duration in (scrape_interval, evaluation):
+    for duration in (scrape_interval, evaluation, out_of_order_window):
         parse_duration(duration)
     lines = [
         "# Prometheus for messaging-metrics: scrapes the workers, evaluates the recording and",
@@ -488,6 +499,10 @@ def render_prometheus_config(
         "global:",
         f"  scrape_interval: {scrape_interval}",
         f"  evaluation_interval: {evaluation}",
+        "",
+        "storage:",
+        "  tsdb:",
+        f"    out_of_order_time_window: {out_of_order_window}",
         "",
         "rule_files:",
         *[f"  - {_q(path)}" for path in rule_files],

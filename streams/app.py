@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -20,10 +21,11 @@ import orjson
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from streams.aggregate.closed import ClosedWindow
+from streams.aggregate.closed import ClosedWindow, progress_record
 from streams.aggregate.exposition import WindowCollector, WindowOwner
 from streams.aggregate.owner import OwnerState
 from streams.catalogue import PERIODS
+from streams.history.stage import HistoryStage
 from streams.ingest.processes import IngestProcesses
 from streams.ingest.stage import IngestStage
 from streams.kafka import access, faust_transport
@@ -41,6 +43,11 @@ def _state_key(partition: int, part: str = "") -> bytes:
     return f"p{partition}:{part}".encode() if part else f"p{partition}".encode()
 
 
+
+# One ordered log: an owner's windows are read before its progress record that covers
+# them (streams.history.assembly). The topic is made with one partition; one made with
+# more still gets everything on the first.
+METRICS_PARTITION = 0
 
 _CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
 
@@ -118,6 +125,7 @@ class Worker:
             settings.aggregate_state_topic, key_serializer="raw", value_serializer="raw"
         )
         self._states: dict[int, OwnerState] = {}  # owned partials partition -> live state
+        self._progress: dict[int, int] = {}  # partition -> last window published through
         # A stage that cannot go on sets the worker's exit code and calls on_failure (the
         # process's bounded shutdown); Faust's own crash path is the fallback, but it
         # sometimes stopped nothing at all (seen once: a minute without exiting).
@@ -138,7 +146,12 @@ class Worker:
         # Faust app tasks: those start only after the Faust consumer's first rebalance,
         # which after a crash waits out the dead member's session (SESSION_TIMEOUT_MS).
         # The batch stages need none of it: their own groups use static membership.
+        self.history = (
+            HistoryStage(settings, self.registry) if settings.history_remote_write_url else None
+        )
         self.stages = [self._run_stage(self.ingest), self._run_stage(self.risk)]
+        if self.history is not None:
+            self.stages.append(self._run_stage(self.history))
         self.app.page("/metrics")(self._metrics_view())
         self.app.page("/healthz")(self._health_view())
 
@@ -153,7 +166,8 @@ class Worker:
                 # "closed" can reach its topic: a crash in between then publishes the
                 # same windows again (identical records), instead of losing them.
                 sent = [
-                    await self.metrics_out.send(key=item.key, value=orjson.dumps(item.record()))
+                    await self.metrics_out.send(key=item.key, value=orjson.dumps(item.record()),
+                                                partition=METRICS_PARTITION)
                     for item in closed
                 ]
                 for item, delivery in zip(closed, sent, strict=True):
@@ -170,12 +184,30 @@ class Worker:
                         key=_state_key(partition, "days"),
                         value=orjson.dumps(state.rollups.history_json()), partition=partition,
                     ))
+            await self._publish_progress(partition, state)
             # In Kafka before this event is acknowledged, so before Faust can commit
             # past it: a restarted owner resumes from a state at or ahead of the
             # committed offset, and the applied-offset marks skip what it has seen.
             await (await self.state_out.send(
                 key=_state_key(partition), value=state.dumps(), partition=partition
             ))
+
+    async def _publish_progress(self, partition: int, state: OwnerState) -> None:
+        """Once per window boundary the watermark passes, after the windows it closed
+        (a crash in between publishes them again, then this). Also when nothing closed:
+        a window this owner had no data for is done, and the history must know."""
+        value = state.watermark.value
+        if value == -math.inf:
+            return
+        boundary = math.floor(value / state.window_size)
+        if boundary <= self._progress.get(partition, -1):
+            return
+        await (await self.metrics_out.send(
+            key=f"progress:{partition}".encode(),
+            value=orjson.dumps(progress_record(partition, value)),
+            partition=METRICS_PARTITION,
+        ))
+        self._progress[partition] = boundary
 
     async def _owner_state(self, partition: int) -> OwnerState:
         """The agent's live state of an owned partition: from memory, else the newest
@@ -205,6 +237,7 @@ class Worker:
         for tp in revoked:
             if tp.topic == self.settings.partials_topic:
                 self._states.pop(tp.partition, None)
+                self._progress.pop(tp.partition, None)
 
     def _window_owners(self) -> list[WindowOwner]:
         return [*self._owned_states(), *self.risk.partitions.values()]
@@ -254,6 +287,8 @@ class Worker:
         """Let each stage commit its batch in flight, then close its clients."""
         await self.ingest.stop()
         await self.risk.stop()
+        if self.history is not None:
+            await self.history.stop()
 
     # --- web ----------------------------------------------------------------------------
     def _metrics_view(self) -> type[View]:

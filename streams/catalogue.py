@@ -96,9 +96,11 @@ LATENCY = "messaging_reply_latency_seconds"
 
 
 def window_families(
-    counts: Mapping[Key, int], window_end: float | None, resolution: str = "minute"
+    counts: Mapping[Key, int], window_end: float | None, resolution: str = "minute",
+    every_series: bool = False,
 ) -> Iterator[Metric]:
-    """Prometheus metric families for one window's merged counters."""
+    """Prometheus metric families for one window's merged counters. The spam reports of
+    an unknown channel are left out while zero, unless ``every_series``."""
     period = PERIODS[resolution]
     for name, doc, prefix, labels, values in COUNT_GAUGES:
         if resolution != "minute" and name == FLAGGED_SENDERS:
@@ -108,7 +110,7 @@ def window_families(
         )
         for combo in product(*values):
             value = counts.get((prefix, *combo), 0)
-            if value or UNKNOWN_CHANNEL not in combo:
+            if value or every_series or UNKNOWN_CHANNEL not in combo:
                 family.add_metric(list(combo), value)
         yield family
     latency = GaugeHistogramMetricFamily(
@@ -147,12 +149,13 @@ def window_families(
 
 
 def window_samples(
-    counts: Mapping[Key, int], window_end: float | None, resolution: str = "minute"
+    counts: Mapping[Key, int], window_end: float | None, resolution: str = "minute",
+    every_series: bool = False,
 ) -> list[list[Any]]:
     """Flat ``[sample name, labels, value]`` triples, as /metrics would show them."""
     return [
         [sample.name, dict(sample.labels), sample.value]
-        for family in window_families(counts, window_end, resolution)
+        for family in window_families(counts, window_end, resolution, every_series)
         for sample in family.samples
     ]
 

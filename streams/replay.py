@@ -51,7 +51,7 @@ class ReplayResult:
                 "window_start": start,
                 "window_end": start + size,
                 "samples": [
-                    s for s in window_samples(counts, start + size, resolution)
+                    s for s in window_samples(counts, start + size, resolution, every_series=True)
                     if s[0] != FLAGGED_SENDERS
                 ],
             }

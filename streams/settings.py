@@ -191,6 +191,11 @@ class Settings(BaseSettings):
     )
     metrics_host: str = Field(default="127.0.0.1", description="Bind address of /metrics.")
     metrics_port: int = Field(default=6066, ge=0, le=65535, description="Port of /metrics.")
+    history_remote_write_url: str = Field(
+        default="", description="Prometheus remote-write endpoint (`.../api/v1/write`) that "
+        "gets every closed window, whole, at its event time (`messaging_eventtime_*`); "
+        "empty: no history is written.",
+    )
     log_level: str = Field(default="INFO", description="Python log level.")
     cache_dir: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "messaging-metrics",

@@ -1,4 +1,5 @@
-"""A closed window, at any resolution, and the ``messaging.metrics`` record of it."""
+"""A closed window, at any resolution, and the ``messaging.metrics`` records: a window's,
+and an owner's progress (every window ending at or before it is published)."""
 
 from __future__ import annotations
 
@@ -34,9 +35,18 @@ class ClosedWindow:
             "window_start": self.start,
             "window_end": self.end,
             "segments": sorted(self.segments),
-            # flagged senders are the risk stage's: they have their own topic
+            # flagged senders are the risk stage's: they have their own topic. Every
+            # series, zeros included: each owner's record then has the same series, and
+            # the window's history in Prometheus has each series at every window end.
             "samples": [
-                s for s in window_samples(total, self.end, self.resolution)
+                s for s in window_samples(total, self.end, self.resolution, every_series=True)
                 if s[0] != FLAGGED_SENDERS
             ],
         }
+
+
+def progress_record(owner: int, closed_through: float) -> dict[str, Any]:
+    """After its windows: this owner has published every window (minute, hour, day)
+    ending at or before ``closed_through``. Windows it had no data for have no record:
+    this says they are not coming (see :mod:`streams.history.assembly`)."""
+    return {"kind": "progress", "owner": owner, "closed_through": closed_through}

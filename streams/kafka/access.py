@@ -103,13 +103,19 @@ def worker_grants(settings: Settings) -> list[Grant]:
               "ingest writes sender activity; the risk stage reads it"),
         Grant("topic", s.risk_state_topic, ("READ", "WRITE"), "risk stage: its state changelog"),
         Grant("topic", s.flagged_topic, ("WRITE",), "risk stage: flagged senders"),
-        Grant("topic", s.metrics_topic, ("WRITE",), "aggregate agent: closed windows"),
+        Grant("topic", s.metrics_topic, ("READ", "WRITE") if s.history_remote_write_url
+              else ("WRITE",),
+              "aggregate agent: closed windows (and the history stage reads them, when "
+              "HISTORY_REMOTE_WRITE_URL is set)"),
         Grant("topic", s.aggregate_state_topic, ("READ", "WRITE"),
               "aggregate agent: its owners' state"),
         Grant("topic", leader_topic(s), ("READ",), "Faust's partition assignor"),
         Grant("group", app, ("READ",), "the aggregate agent's consumer group (Faust)"),
         Grant("group", f"{app}-ingest", ("READ",), "the ingest stage's consumer group"),
         Grant("group", f"{app}-risk", ("READ",), "the risk stage's consumer group"),
+        *([Grant("group", f"{app}-history", ("READ",),
+                 "the history stage's consumer group (HISTORY_REMOTE_WRITE_URL set)")]
+          if s.history_remote_write_url else []),
         Grant("transactional-id", f"{app}-ingest-", ("WRITE",),
               "ingest: one transactional producer per WORKER_ID (and ingest child)",
               "prefixed"),

@@ -1,0 +1,261 @@
+"""The history stage: every closed window, whole, into Prometheus at its event time.
+
+It reads ``messaging.metrics`` in a consumer group of its own (one worker holds its one
+partition at a time), assembles each window from all its owners
+(:mod:`streams.history.assembly`) and writes it with Prometheus' remote-write protocol,
+one sample per series stamped with the window's end. A window is written before the
+offset past its records is committed, with the event time up to which every window is
+written beside the offset (the commit's metadata): a crash repeats a write, which
+Prometheus takes as a no-op, and never skips one.
+
+Prometheus down or slow: the windows wait (and keep coming) and the write is retried
+with a growing pause; nothing is committed past them meanwhile. A write Prometheus
+refuses for good (HTTP 4xx: a sample older than its out-of-order window, a different
+value already at that timestamp) is logged and counted, and the stage goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from streams.history.assembly import AssembledWindow, Assembly
+from streams.history.remote_write import RemoteWriteFailed, RemoteWriter, RemoteWriteRejected
+from streams.kafka.outage import RETRY_FIRST_SECONDS
+from streams.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_SERIES_PER_WRITE = 20_000  # about 70 minute windows: a catch-up in a few requests
+RETRY_CAP_SECONDS = 30.0
+
+
+def group_id(settings: Settings) -> str:
+    return f"{settings.app_id}-history"
+
+
+def commit_metadata(written_through: float) -> str:
+    return orjson.dumps({"written_through": written_through
+                         if math.isfinite(written_through) else None}).decode()
+
+
+def written_through_of(metadata: str | None) -> float:
+    """What a committed offset's metadata says; nothing (a first start): nothing written."""
+    try:
+        value = orjson.loads(metadata or "{}").get("written_through")
+    except (orjson.JSONDecodeError, AttributeError):
+        return -math.inf
+    return -math.inf if value is None else float(value)
+
+
+class HistoryMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.windows = Counter(
+            "messaging_history_windows_written", "Windows written to Prometheus (at their "
+            "event time), by resolution; a rewrite after a restart counts again.",
+            ["resolution"], registry=registry,
+        )
+        self.rejected = Counter(
+            "messaging_history_windows_rejected",
+            "Windows Prometheus refused for good (e.g. older than its out-of-order window).",
+            registry=registry,
+        )
+        self.failures = Counter(
+            "messaging_history_write_failures",
+            "Writes that did not land and were retried (Prometheus down, slow, 5xx).",
+            registry=registry,
+        )
+        self.pending = Gauge(
+            "messaging_history_pending_windows",
+            "Windows read but not yet written: waiting for an owner, or for Prometheus.",
+            registry=registry,
+        )
+        self.written_through = Gauge(
+            "messaging_history_written_through_timestamp_seconds",
+            "Event time up to which every closed window is in Prometheus' history.",
+            registry=registry,
+        )
+
+
+class HistoryStage:
+    name = "history"
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.writer = RemoteWriter(settings.history_remote_write_url)
+        self.metrics = HistoryMetrics(registry)
+        self.assemblies: dict[int, Assembly] = {}
+        self._committed: dict[int, tuple[int, float]] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._admin: AIOKafkaAdminClient | None = None
+        self._retry_at = 0.0
+        self._retry_delay = RETRY_FIRST_SECONDS
+        self._failing_since: float | None = None
+        self._stopping = asyncio.Event()
+        self.metrics.pending.set_function(
+            lambda: sum(len(a.pending) for a in self.assemblies.values()))
+        self.metrics.written_through.set_function(self._written_through)
+
+    def _written_through(self) -> float:
+        values = [a.written_through for a in self.assemblies.values()]
+        finite = [v for v in values if math.isfinite(v)]
+        return min(finite) if finite and len(finite) == len(values) else 0.0
+
+    async def start(self) -> None:
+        options = self.settings.kafka_client_options()
+        self._admin = AIOKafkaAdminClient(**options)
+        await self._admin.start()
+        self._consumer = AIOKafkaConsumer(
+            group_id=group_id(self.settings), enable_auto_commit=False,
+            auto_offset_reset="earliest", isolation_level="read_committed",
+            session_timeout_ms=self.settings.session_timeout_ms,
+            heartbeat_interval_ms=max(1000, self.settings.session_timeout_ms // 4),
+            **options,
+        )
+        self._consumer.subscribe([self.settings.metrics_topic], listener=_Listener(self))
+        await self._consumer.start()
+        log.info("history: writing every closed window to %s",
+                 self.settings.history_remote_write_url)
+
+    async def run(self) -> None:
+        assert self._consumer is not None
+        while not self._stopping.is_set():
+            batch = await self._consumer.getmany(timeout_ms=500, max_records=5_000)
+            for tp, messages in batch.items():
+                assembly = self.assemblies.get(tp.partition)
+                if assembly is None:
+                    continue  # revoked while the fetch was on its way
+                for message in messages:
+                    try:
+                        record = orjson.loads(message.value)
+                    except orjson.JSONDecodeError:
+                        log.warning("history: %s offset %d is not JSON; skipped", tp,
+                                    message.offset)
+                        continue
+                    assembly.add(record, message.offset)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Write what is complete (unless waiting to retry), then commit behind it."""
+        if time.monotonic() < self._retry_at:
+            return
+        for partition, assembly in list(self.assemblies.items()):
+            windows, through = assembly.complete()
+            if through > assembly.written_through:
+                if not await self._write(windows):
+                    return
+                assembly.written(windows, through)
+            await self._commit(partition, assembly)
+
+    async def _write(self, windows: list[AssembledWindow]) -> bool:
+        """True once Prometheus has them (or has refused them for good)."""
+        chunk: list[AssembledWindow] = []
+        size = 0
+        for window in [*windows, None]:
+            if window is not None and size + len(window.values) <= MAX_SERIES_PER_WRITE:
+                chunk.append(window)
+                size += len(window.values)
+                continue
+            if chunk and not await self._write_chunk(chunk):
+                return False
+            chunk, size = ([window], len(window.values)) if window is not None else ([], 0)
+        return True
+
+    async def _write_chunk(self, windows: list[AssembledWindow]) -> bool:
+        try:
+            await self.writer.write([s for w in windows for s in w.series()])
+        except RemoteWriteRejected as exc:
+            self.metrics.rejected.inc(len(windows))
+            log.error("history: Prometheus refused %d windows (%s to %s) for good: %s",
+                      len(windows), windows[0].end, windows[-1].end, exc)
+            return True
+        except RemoteWriteFailed as exc:
+            self.metrics.failures.inc()
+            now = time.monotonic()
+            if self._failing_since is None:
+                self._failing_since = now
+                log.warning("history: cannot write to Prometheus (%s); windows wait, "
+                            "retrying", exc)
+            self._retry_at = now + self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, RETRY_CAP_SECONDS)
+            return False
+        if self._failing_since is not None:
+            log.info("history: writing to Prometheus again after %.0f s",
+                     time.monotonic() - self._failing_since)
+            self._failing_since = None
+        self._retry_delay = RETRY_FIRST_SECONDS
+        for window in windows:
+            self.metrics.windows.labels(window.resolution).inc()
+        return True
+
+    async def _commit(self, partition: int, assembly: Assembly) -> None:
+        assert self._consumer is not None
+        tp = TopicPartition(self.settings.metrics_topic, partition)
+        with contextlib.suppress(AssertionError):  # revoked meanwhile: not ours to commit
+            point = assembly.commit_point(await self._consumer.position(tp))
+            mark = (point, assembly.written_through)
+            if self._committed.get(partition) == mark:
+                return
+            try:
+                await self._consumer.commit(
+                    {tp: (point, commit_metadata(assembly.written_through))})
+            except Exception as exc:  # noqa: BLE001 - a rebalance, a broker fault: next time
+                log.info("history: commit of %s at %d deferred (%s)", tp, point,
+                         type(exc).__name__)
+                return
+            self._committed[partition] = mark
+
+    async def assigned(self, partitions: set[TopicPartition]) -> None:
+        assert self._admin is not None
+        committed = await self._admin.list_consumer_group_offsets(
+            group_id(self.settings), partitions=list(partitions))
+        for tp in partitions:
+            found = committed.get(tp)
+            written = written_through_of(found.metadata if found is not None else None)
+            self.assemblies[tp.partition] = Assembly(
+                self.settings.partials_partitions, written_through=written)
+            log.info("history: %s assigned, every window up to %s already written", tp,
+                     "nothing" if written == -math.inf else f"{written:.0f}")
+
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        for tp in partitions:
+            assembly = self.assemblies.pop(tp.partition, None)
+            self._committed.pop(tp.partition, None)
+            if assembly is not None and self._consumer is not None:
+                with contextlib.suppress(Exception):
+                    await self._consumer.commit({tp: (
+                        assembly.commit_point(await self._consumer.position(tp)),
+                        commit_metadata(assembly.written_through))})
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        with contextlib.suppress(Exception):
+            await self._flush()
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+        if self._admin is not None:
+            with contextlib.suppress(Exception):
+                await self._admin.close()
+        await self.writer.close()
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, stage: HistoryStage) -> None:
+        self.stage = stage
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.stage.revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.stage.assigned(set(assigned))

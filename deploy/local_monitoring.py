@@ -157,13 +157,21 @@ class LocalMonitoring:
             time.sleep(0.2)
 
     # --- queries ---------------------------------------------------------------------
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """An instant PromQL query; the result vector (or raises on an error)."""
-        url = self.prometheus_url + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        with urllib.request.urlopen(url, timeout=10) as response:
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant PromQL query (now, or at ``at``); the result (or raises on an error)."""
+        return self._api("query", {"query": expr, **({} if at is None else {"time": at})})
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        """A range query, as a Grafana time series panel makes it; the result matrix."""
+        return self._api("query_range", {"query": expr, "start": start, "end": end,
+                                         "step": step})
+
+    def _api(self, endpoint: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
+        url = f"{self.prometheus_url}/api/v1/{endpoint}?{urllib.parse.urlencode(parameters)}"
+        with urllib.request.urlopen(url, timeout=30) as response:
             body = json.load(response)
         if body.get("status") != "success":
-            raise RuntimeError(f"query failed: {expr}: {body}")
+            raise RuntimeError(f"{endpoint} failed: {parameters}: {body}")
         result = body["data"]["result"]
         return result if isinstance(result, list) else [result]
 

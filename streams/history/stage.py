@@ -31,7 +31,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from streams.history.assembly import AssembledWindow, Assembly
 from streams.history.remote_write import RemoteWriteFailed, RemoteWriter, RemoteWriteRejected
-from streams.kafka.outage import RETRY_FIRST_SECONDS
+from streams.kafka.outage import RETRIABLE_ERRORS, RETRY_FIRST_SECONDS, is_fatal, pause
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class HistoryStage:
         self._retry_delay = RETRY_FIRST_SECONDS
         self._failing_since: float | None = None
         self._stopping = asyncio.Event()
+        self._lock = asyncio.Lock()
         self.metrics.pending.set_function(
             lambda: sum(len(a.pending) for a in self.assemblies.values()))
         self.metrics.written_through.set_function(self._written_through)
@@ -128,22 +129,51 @@ class HistoryStage:
                  self.settings.history_remote_write_url)
 
     async def run(self) -> None:
+        """Read, assemble, write, commit, until stopped. A Kafka fault is waited out (the
+        consumer reconnects by itself; nothing is committed past what is written)."""
         assert self._consumer is not None
         while not self._stopping.is_set():
-            batch = await self._consumer.getmany(timeout_ms=500, max_records=5_000)
-            for tp, messages in batch.items():
-                assembly = self.assemblies.get(tp.partition)
-                if assembly is None:
-                    continue  # revoked while the fetch was on its way
-                for message in messages:
-                    try:
-                        record = orjson.loads(message.value)
-                    except orjson.JSONDecodeError:
-                        log.warning("history: %s offset %d is not JSON; skipped", tp,
-                                    message.offset)
-                        continue
-                    assembly.add(record, message.offset)
-            await self._flush()
+            try:
+                batch = await self._consumer.getmany(timeout_ms=500, max_records=5_000)
+                async with self._lock:  # stop() waits for a step in flight
+                    if self._stopping.is_set():
+                        return  # not committed: whoever comes next reads it again
+                    for tp, messages in batch.items():
+                        await self._add(tp, messages)
+                    await self._flush()
+            except RETRIABLE_ERRORS as exc:
+                if self._stopping.is_set():
+                    return
+                if is_fatal(exc):
+                    raise
+                log.info("history: Kafka fault (%s); going on from the last commit",
+                         type(exc).__name__)
+                await pause(RETRY_FIRST_SECONDS, self._stopping)
+
+    async def _add(self, tp: TopicPartition, messages: list[Any]) -> None:
+        assert self._consumer is not None
+        assembly = self.assemblies.get(tp.partition)
+        if assembly is None:
+            if tp not in self._consumer.assignment():
+                return  # revoked while the fetch was on its way
+            # assigned, but the rebalance listener could not read the committed point:
+            # read it now and start over from there
+            restored = await self._restore(tp)
+            if restored is None:
+                self._consumer.seek(tp, messages[0].offset)  # these again, next time
+                await pause(RETRY_FIRST_SECONDS, self._stopping)
+            elif restored >= 0:
+                self._consumer.seek(tp, restored)
+            else:
+                await self._consumer.seek_to_beginning(tp)
+            return
+        for message in messages:
+            try:
+                record = orjson.loads(message.value)
+            except orjson.JSONDecodeError:
+                log.warning("history: %s offset %d is not JSON; skipped", tp, message.offset)
+                continue
+            assembly.add(record, message.offset)
 
     async def _flush(self) -> None:
         """Write what is complete (unless waiting to retry), then commit behind it."""
@@ -175,6 +205,11 @@ class HistoryStage:
         try:
             await self.writer.write([s for w in windows for s in w.series()])
         except RemoteWriteRejected as exc:
+            if len(windows) > 1:  # Prometheus refuses a whole request for one bad sample
+                for window in windows:
+                    if not await self._write_chunk([window]):
+                        return False
+                return True
             self.metrics.rejected.inc(len(windows))
             log.error("history: Prometheus refused %d windows (%s to %s) for good: %s",
                       len(windows), windows[0].end, windows[-1].end, exc)
@@ -215,17 +250,29 @@ class HistoryStage:
                 return
             self._committed[partition] = mark
 
-    async def assigned(self, partitions: set[TopicPartition]) -> None:
+    async def _restore(self, tp: TopicPartition) -> int | None:
+        """A new assembly for an assigned partition, knowing what is written already
+        (the committed offset's metadata). Returns the committed offset (-1: none), or
+        None if the broker could not say (no assembly then)."""
         assert self._admin is not None
-        committed = await self._admin.list_consumer_group_offsets(
-            group_id(self.settings), partitions=list(partitions))
+        try:
+            committed = await self._admin.list_consumer_group_offsets(
+                group_id(self.settings), partitions=[tp])
+        except RETRIABLE_ERRORS as exc:
+            log.info("history: cannot read the committed point of %s (%s)", tp,
+                     type(exc).__name__)
+            return None
+        found = committed.get(tp)
+        written = written_through_of(found.metadata if found is not None else None)
+        self.assemblies[tp.partition] = Assembly(self.settings.partials_partitions,
+                                                 written_through=written)
+        log.info("history: %s assigned, every window up to %s already written", tp,
+                 "nothing" if written == -math.inf else f"{written:.0f}")
+        return found.offset if found is not None else -1
+
+    async def assigned(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
-            found = committed.get(tp)
-            written = written_through_of(found.metadata if found is not None else None)
-            self.assemblies[tp.partition] = Assembly(
-                self.settings.partials_partitions, written_through=written)
-            log.info("history: %s assigned, every window up to %s already written", tp,
-                     "nothing" if written == -math.inf else f"{written:.0f}")
+            await self._restore(tp)  # a failure is mended in run(), with the first records
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
@@ -239,15 +286,14 @@ class HistoryStage:
 
     async def stop(self) -> None:
         self._stopping.set()
-        with contextlib.suppress(Exception):
-            await self._flush()
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                await self._consumer.stop()
-        if self._admin is not None:
-            with contextlib.suppress(Exception):
-                await self._admin.close()
-        await self.writer.close()
+        async with self._lock:  # the step in flight (a write, a commit) ends first
+            if self._consumer is not None:
+                with contextlib.suppress(Exception):
+                    await self._consumer.stop()  # revokes: commits where each partition is
+            if self._admin is not None:
+                with contextlib.suppress(Exception):
+                    await self._admin.close()
+            await self.writer.close()
 
 
 class _Listener(ConsumerRebalanceListener):

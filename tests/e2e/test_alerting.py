@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from deploy.grafana_board import build_dashboard, panel_queries
+from deploy.local_kafka import free_port
 from deploy.local_monitoring import LocalMonitoring, TimeCompression
 from producers.profile import SimulationProfile
 from streams.kafka.io import ensure_topics
@@ -39,8 +40,9 @@ RATE = 3000  # events per wall second, i.e. per window
 # 5,100 events/s per stack, two stacks on two cores) windows closed up to 30 s behind
 # the producer by day and caught up by night, by a different amount each day; on the
 # steep edges of the diurnal p95 latency and InMail response rate that slide made the
-# baseline's ratios cross their thresholds (p95 2.14, InMail 0.49). Issue 15 (samples
-# at event time) removes the slide. The incident stacks keep the day's shape: their
+# baseline's ratios cross their thresholds (p95 2.14, InMail 0.49). The history
+# (messaging_eventtime_*) has no slide, but the alerts read the live gauges: a rule is
+# evaluated at wall time and cannot wait for a window's history to be complete. The incident stacks keep the day's shape: their
 # incidents are measured against it, and a 6-hour notification delay on a flat day
 # barely moves the p95 (23,900 s at most against 12,500).
 FLAT_DAY = 0.0
@@ -60,6 +62,7 @@ COMPRESSION = TimeCompression(
     for_scale=1 / 60, range_scale=1 / 90,
     scrape_interval="1s", group_wait="1s", group_interval="2s", repeat_interval="1m",
 )
+PANEL_STEP = 60.0  # seconds: every history sample (a day's too) is in some step's lookback
 CATCH_UP_SPAN = 5.0  # wall seconds over which windows must close at event time's pace
 TOPIC_FIELDS = ("events_topic", "dlq_topic", "partials_topic", "ingest_state_topic",
                 "metrics_topic", "activity_topic", "risk_state_topic", "flagged_topic",
@@ -77,10 +80,16 @@ class Stack:
         })
         self.webhook = webhook
         asyncio.run(ensure_topics(self.settings))
-        self.worker = WorkerProcess(self.settings, tmp_path / "worker.log").start()
+        # the history (every window at its event time) goes to this stack's Prometheus,
+        # which starts later (watch): the stage retries until it answers
+        prometheus_port = free_port()
+        self.worker = WorkerProcess(
+            self.settings, tmp_path / "worker.log",
+            history_remote_write_url=f"http://127.0.0.1:{prometheus_port}/api/v1/write",
+        ).start()
         self.monitoring = LocalMonitoring(
             [f"127.0.0.1:{self.worker.port}"], webhook.url, COMPRESSION,
-            workdir=tmp_path / "monitoring",
+            workdir=tmp_path / "monitoring", prometheus_port=prometheus_port,
         )
         self.monitoring.workdir.mkdir()
         self.producer: subprocess.Popen[bytes] | None = None
@@ -92,7 +101,10 @@ class Stack:
         diurnal_amplitude: float = SHAPED_DAY,
     ) -> None:
         env = settings_env(self.settings)
-        self.live_from = time.time()  # the event time where the producer's live part starts
+        # The event time where the producer's live part starts: in the past by as much
+        # as the run can cover, so that no window ends after now (the history writes
+        # each at its end, and Prometheus' newest samples are the scrapes at now).
+        self.live_from = time.time() - duration * SPEED
         self.incident_ts = self.live_from + incident_after
         with open(self.tmp_path / "producer.log", "ab") as out:
             self.producer = subprocess.Popen(
@@ -249,9 +261,12 @@ def test_latency_incident_alerts_while_the_baseline_stays_quiet(make_stack) -> N
     assert fired_at > incident_at, "fired before the incident"
     assert seen == set(), f"alerts fired on baseline traffic: {seen}"
     assert baseline.webhook.firing() == set()
-    # every panel target of the board, variables substituted, returns data
+    # Every panel target of the board, variables substituted, returns data over the
+    # run, queried as a Grafana panel does (a range; live gauges at the end of it, the
+    # history over the simulated days)
+    span = (baseline.live_from - WARMUP, time.time())
     empty = [
         (title, expr) for title, expr in panel_queries(build_dashboard(), {})
-        if not baseline.monitoring.query(expr)
+        if not baseline.monitoring.query_range(expr, *span, step=PANEL_STEP)
     ]
     assert empty == []

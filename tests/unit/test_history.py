@@ -120,3 +120,36 @@ def test_the_write_request_round_trips() -> None:
     series = [Series("messaging_eventtime_blocks", {"platform": "ios"}, 3.0, 60_000),
               Series("messaging_eventtime_active_senders", {}, 1e6, 60_000)]
     assert decode(encode(series)) == series
+
+
+def test_a_window_prometheus_refuses_does_not_take_its_neighbours_down() -> None:
+    """Prometheus rolls a whole request back for one bad sample (e.g. older than its
+    out-of-order window): the stage then writes the request's windows one by one."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from streams.history.remote_write import RemoteWriteRejected
+    from streams.history.stage import HistoryStage
+    from streams.settings import Settings
+
+    assembly = Assembly(owners=1)
+    for offset, start in enumerate((0, 60, 120)):
+        assembly.add(window(0, start, 1), offset)
+    assembly.add(progress_record(0, 180), 3)
+    windows, _ = assembly.complete()
+    landed: list[int] = []
+
+    class Prometheus:
+        async def write(self, series: list[Series]) -> None:
+            stamps = {s.timestamp_ms for s in series}
+            if 120_000 in stamps:  # window 60..120 is too old, say
+                raise RemoteWriteRejected("out of bounds")
+            landed.extend(sorted(stamps))
+
+    stage = HistoryStage(Settings(history_remote_write_url="http://127.0.0.1:1/api/v1/write"),
+                         CollectorRegistry())
+    stage.writer = Prometheus()  # type: ignore[assignment]
+    assert asyncio.run(stage._write(windows)) is True
+    assert landed == [60_000, 180_000]
+    assert stage.metrics.rejected._value.get() == 1

@@ -116,6 +116,17 @@ def add_arguments(parser: argparse.ArgumentParser, settings: Settings) -> None:
         "and --duration count it too (default %(default)s, env PRODUCER_WARMUP_SECONDS)",
     )
     parser.add_argument(
+        "--then-live",
+        action=argparse.BooleanOptionalAction,
+        default=settings.producer_then_live,
+        help="never send an event before the wall clock reaches its ts: events behind the "
+        "clock go at --speed, and once event time has caught up it runs at 1x (live, "
+        "rate/speed events per wall second); with --warmup or a past --start-ts, history "
+        "is replayed up to now, then live. For a Prometheus that the workers write "
+        "history to, which takes no samples from the future (default %(default)s, env "
+        "PRODUCER_THEN_LIVE)",
+    )
+    parser.add_argument(
         "--diurnal-amplitude",
         type=float,
         metavar="A",
@@ -193,6 +204,7 @@ async def main(args: argparse.Namespace, settings: Settings) -> int:
             scenario=scenario,
             warmup=warmup,
             incident_after=incident_after,
+            then_live=getattr(args, "then_live", settings.producer_then_live),
         )
     except (KafkaError, RuntimeError, OSError) as exc:
         refusal = await access.explain_refusal(settings, exc, grants)

@@ -10,18 +10,24 @@ event second, the clock would race, and a simulated day would not last a fixed t
 A run may start with a warmup: ``warmup`` event-time seconds of history before the start,
 sent as fast as possible, so that reply rates and latencies are at steady state when the
 paced part begins. A ``scenario`` (producers.scenarios) puts an incident in the paced part.
+
+``then_live`` keeps event time from ever running ahead of wall time (producers.pacing):
+history is replayed at ``speed`` up to now, and from then on each event goes out when
+the wall clock reaches its ``ts``. The events are the same either way; only when they
+are sent differs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from itertools import islice
 from typing import TYPE_CHECKING
 
+from producers.pacing import Pacing
 from producers.profile import SimulationProfile
 from producers.scenarios import INCIDENT_AFTER_SECONDS, build_scenario
 from producers.simulator import Event
@@ -69,6 +75,7 @@ async def run_producer(
     scenario: str = "baseline",
     warmup: float = 0.0,
     incident_after: float = INCIDENT_AFTER_SECONDS,
+    then_live: bool = False,
 ) -> ProduceReport:
     """Send ``events`` events (or for ``duration`` wall seconds, or until cancelled).
 
@@ -76,7 +83,10 @@ async def run_producer(
     ``speed`` times wall time. ``warmup`` event-time
     seconds of history before ``start_ts`` go first, as fast as possible; ``events`` and
     ``duration`` count them too. ``scenario`` names a producers.scenarios scenario whose
-    incident starts ``incident_after`` event seconds after ``start_ts``. The sink is
+    incident starts ``incident_after`` event seconds after ``start_ts``. ``then_live``:
+    no event is sent before the wall clock reaches its ``ts`` (the warmup's included), so
+    once event time has caught up with wall time it runs at 1x, and events then come at
+    ``rate / speed`` per wall second (the simulator's density is unchanged). The sink is
     closed (flushed) before returning. Cancellation is a normal way to stop: the chunk in
     flight is finished, the sink flushed, and the report (``cancelled=True``) returned.
     """
@@ -110,25 +120,40 @@ async def run_producer(
                      chosen.incident_start)
         history, paced = _split_at(stream, begin)
         chunk = max(1, min(MAX_CHUNK, int(rate * TICK_SECONDS))) if rate > 0 else MAX_CHUNK
-        # (events, whether paced, is the warmup)
-        for part, is_paced, is_warmup in ((history, False, True), (paced, rate > 0, False)):
-            part_started = monotonic()
-            size = MAX_CHUNK if is_warmup else chunk
+        parts = (  # (events, pacing, chunk size, is the warmup)
+            (history, Pacing(begin - warmup, None, then_live), MAX_CHUNK, True),
+            (paced, Pacing(begin, speed if rate > 0 else None, then_live), chunk, False),
+        )
+        caught_up = False
+        for events_of_part, pacing, size, is_warmup in parts:
+            part, part_started = _Lookahead(events_of_part), monotonic()
+            is_paced = pacing.speed is not None or pacing.then_live
             while events is None or sent < events:
                 now = monotonic()
                 if duration is not None and now - started >= duration:
                     break
-                batch: list[Event] = list(
-                    islice(part, size if events is None else min(size, events - sent))
-                )
-                if not batch:
+                upcoming = part.peek()
+                if upcoming is None:
                     break  # the warmup's history is all sent
                 if is_paced:  # a chunk goes out when its first event is due, never early
-                    due = part_started + (batch[0]["ts"] - begin) / speed
+                    elapsed, wall = now - part_started, clock()
+                    if not caught_up and pacing.holds_back(
+                        upcoming["ts"], elapsed=elapsed, now=wall
+                    ):
+                        caught_up = True
+                        log.info("event time has caught up with the wall clock after %.1f "
+                                 "s: live (1x) from now on", now - started)
+                    due = now + pacing.wait(upcoming["ts"], elapsed=elapsed, now=wall)
                     if duration is not None and due >= started + duration:
                         await asyncio.sleep(max(0.0, started + duration - monotonic()))
                         break
                     await asyncio.sleep(max(0.0, due - monotonic()))
+                batch = part.take(
+                    size if events is None else min(size, events - sent),
+                    until_ts=pacing.latest_ts(clock()),
+                )
+                if not batch:
+                    continue  # woken a little before the wall clock reached the event
                 interrupted = await _write_whole(sink, batch)
                 sent += len(batch)
                 if is_warmup:
@@ -178,6 +203,30 @@ def _split_at(stream: Iterator[Event], ts: float) -> tuple[Iterator[Event], Iter
         yield from stream
 
     return before(), after()
+
+
+class _Lookahead:
+    """An event stream whose next event can be looked at before it is taken."""
+
+    def __init__(self, events: Iterator[Event]) -> None:
+        self._events = events
+        self._held: Event | None = None
+
+    def peek(self) -> Event | None:
+        if self._held is None:
+            self._held = next(self._events, None)
+        return self._held
+
+    def take(self, count: int, until_ts: float = math.inf) -> list[Event]:
+        """Up to ``count`` events, ending before the first one later than ``until_ts``."""
+        taken: list[Event] = []
+        while len(taken) < count:
+            event = self.peek()
+            if event is None or event["ts"] > until_ts:
+                break
+            taken.append(event)
+            self._held = None
+        return taken
 
 
 async def _write_whole(sink: Sink, batch: list[Event]) -> bool:

@@ -224,6 +224,12 @@ class Settings(BaseSettings):
         default=0.0, ge=0, description="Event-time seconds of history generated before the "
         "start and sent as fast as possible, so rates and latencies start at steady state.",
     )
+    producer_then_live: bool = Field(
+        default=False, description="No event is sent before the wall clock reaches its ts: "
+        "history (the warmup, a past start) is replayed up to now, then events go out live "
+        "(1x, PRODUCER_RATE / PRODUCER_SPEED per second). For a Prometheus that gets the "
+        "workers' history (it takes no samples from the future).",
+    )
 
     @field_validator("kafka_security_protocol")
     @classmethod

@@ -1,8 +1,14 @@
 """``messaging-metrics demo``: everything in one command, stopped by Ctrl-C.
 
 Starts what is missing (a local Kafka broker unless KAFKA_BOOTSTRAP_SERVERS is set),
-then the worker and the producer as child processes, and shows the live view. On
-Ctrl-C, SIGTERM or ``--duration`` it stops every process it started, by PID.
+Prometheus and Alertmanager when installed, then the worker and the producer as child
+processes, and shows the live view. On Ctrl-C, SIGTERM or ``--duration`` it stops every
+process it started, by PID.
+
+Time: the producer replays history up to now, then runs live (``--then-live``), so
+that event time never runs ahead of the wall clock: the worker writes every closed
+window into the demo's Prometheus at its event time, and Prometheus takes no samples
+from the future. Live, a window closes once per window length of wall time.
 """
 
 from __future__ import annotations
@@ -24,12 +30,17 @@ from rich.live import Live
 from deploy.local_kafka import LocalKafka, free_port
 from deploy.local_monitoring import LocalMonitoring, TimeCompression, monitoring_available
 from deploy.processes import stop_process
+from producers.scenarios import INCIDENT_AFTER_SECONDS
 from streams.console.live_view import LiveView, snapshot
 from streams.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DEMO_HISTORY_SECONDS = 26 * 3600.0  # the producer's warmup when PRODUCER_WARMUP_SECONDS is 0
+# The last event half-hour before now is replayed at PRODUCER_SPEED (the warmup before it
+# goes as fast as possible): windows close visibly fast, and a scenario's incident
+# (INCIDENT_AFTER_SECONDS after the start) begins as the producer goes live.
+DEMO_REPLAY_SECONDS = float(INCIDENT_AFTER_SECONDS)
 
 
 class _Stop(Exception):
@@ -82,18 +93,16 @@ def _start_monitoring(
 ) -> LocalMonitoring | None:
     """Prometheus + Alertmanager with the project's rules, when the OS has them.
 
-    The rules are compressed like the producer's event time: ``for:`` and ranges divided
-    by the speed, "the same time yesterday" one simulated day of wall time ago.
+    The rules keep their production durations (``for:``, ranges, ``offset 1d``): the
+    producer runs live, so a wall minute is an event minute, as in production. Only
+    scrapes and notifications are quicker. (The history races past in about two minutes;
+    the ``for:`` durations keep its bursts, a lag of millions included, from firing.)
     """
     if not monitoring_available():
         console.print("[dim]prometheus / prometheus-alertmanager not installed: no alerts "
                       "(apt-get install prometheus prometheus-alertmanager)[/]")
         return None
-    speed = settings.producer_speed
-    compression = TimeCompression(
-        baseline_offset=f"{max(1, round(86_400 / speed))}s", for_scale=1 / speed,
-        range_scale=1 / speed, scrape_interval="1s", group_wait="1s", group_interval="5s",
-    )
+    compression = TimeCompression(scrape_interval="1s", group_wait="1s", group_interval="5s")
     workdir = log_dir / "monitoring"
     workdir.mkdir()
     # nothing listens on the webhook here: the view reads firing alerts from Alertmanager
@@ -101,8 +110,8 @@ def _start_monitoring(
         [f"127.0.0.1:{worker_port}"], f"http://127.0.0.1:{free_port()}/alerts", compression,
         workdir=workdir,
     ).start()
-    console.print(f"Prometheus: {monitoring.prometheus_url}  Alertmanager: "
-                  f"{monitoring.alertmanager_url}")
+    console.print(f"Prometheus: {monitoring.prometheus_url} (every closed window at its "
+                  f"event time)  Alertmanager: {monitoring.alertmanager_url}")
     return monitoring
 
 
@@ -135,18 +144,34 @@ def run_demo(settings: Settings, duration: float | None = None) -> int:
                 stack.callback(broker.stop)
                 bootstrap = broker.bootstrap_servers
             port = settings.metrics_port or free_port()
-            env = _child_env(settings, kafka_bootstrap_servers=bootstrap, metrics_port=str(port))
+            monitoring = _start_monitoring(settings, port, log_dir, console)
+            if monitoring is not None:
+                stack.callback(monitoring.stop)
+            # Windows keep WINDOW_SECONDS (60 by default), so live one closes a minute:
+            # 10 s windows, tried, made the history's burst grow the aggregate owners'
+            # state records past Kafka's 1 MB request limit (six times the open windows)
+            overrides = {"kafka_bootstrap_servers": bootstrap, "metrics_port": str(port)}
+            if monitoring is not None and not settings.history_remote_write_url:
+                overrides["history_remote_write_url"] = monitoring.remote_write_url
+            env = _child_env(settings, **overrides)
             worker = Child("worker", [sys.executable, "-m", "streams", "worker"], env, log_dir)
             stack.callback(worker.stop)
             # History first, so that a day has closed (the daily row) within about a
             # minute: 26 simulated hours, sent as fast as possible, unless set otherwise
             warmup = settings.producer_warmup_seconds or DEMO_HISTORY_SECONDS
-            producer = Child("producer", [sys.executable, "-m", "streams", "produce",
-                                          "--warmup", str(warmup)], env, log_dir)
+            replay_from = time.time() - DEMO_REPLAY_SECONDS
+            producer = Child("producer", [
+                sys.executable, "-m", "streams", "produce", "--warmup", str(warmup),
+                "--start-ts", f"{replay_from:.3f}", "--then-live",
+            ], env, log_dir)
             stack.callback(producer.stop)
-            monitoring = _start_monitoring(settings, port, log_dir, console)
-            if monitoring is not None:
-                stack.callback(monitoring.stop)
+            console.print(
+                f"Time: {warmup / 3600:g} event-hours of history as fast as possible, the "
+                f"last {DEMO_REPLAY_SECONDS / 60:g} minutes at {settings.producer_speed:g}x, "
+                f"then live (event time = wall time): a {settings.window_seconds}-s window "
+                f"closes every {settings.window_seconds} s, "
+                f"{settings.allowed_lateness_seconds} s after its end."
+            )
             console.print(f"worker /metrics: http://{settings.metrics_host}:{port}/metrics; "
                           f"logs in {log_dir}. Ctrl-C stops everything.")
             view = LiveView()

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from deploy.local_kafka import kafka_version
+from streams.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -267,3 +268,25 @@ def test_every_compose_broker_runs_the_local_brokers_garbage_collector_settings(
     for name, service in brokers.items():
         options = set(_environment(service).get("KAFKA_JVM_PERFORMANCE_OPTS", "").split())
         assert gc_options <= options, f"{name}: {sorted(gc_options - options)} missing"
+
+
+def test_every_variable_of_the_apps_is_a_setting() -> None:
+    """The settings ignore unknown variables, so a misspelt one would be silently lost."""
+    services = rendered({})
+    for name in ("worker", "producer"):
+        unknown = set(_environment(services[name])) - {f.upper() for f in Settings.model_fields}
+        assert unknown == set(), name
+
+
+def test_the_producer_replays_history_then_runs_live() -> None:
+    """The workers write every window into Prometheus at its event time, and Prometheus
+    takes no samples from the future: event time must not run ahead of the wall clock.
+    A day and more of history gives the same-time-yesterday comparisons their data."""
+    services = rendered({})
+    producer = Settings(**{k.lower(): v for k, v in _environment(services["producer"]).items()})
+    assert producer.producer_then_live
+    assert producer.producer_warmup_seconds > 86_400
+    assert _environment(services["worker"])["HISTORY_REMOTE_WRITE_URL"] == (
+        "http://prometheus:9090/api/v1/write"
+    )
+    assert "--web.enable-remote-write-receiver" in services["prometheus"]["command"]

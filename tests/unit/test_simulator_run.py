@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-from itertools import islice
+import time
+from itertools import islice, takewhile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from producers.cli import add_arguments, main, parse_start_ts
 from producers.profile import SimulationProfile
 from producers.run import ProduceReport, run_producer
-from producers.simulator import Simulator
+from producers.simulator import Event, Simulator
 from producers.sinks import JsonlSink
 from streams.settings import Settings
 
@@ -129,6 +130,61 @@ def test_the_file_is_the_simulator_output(tmp_path: Path) -> None:
     assert read(path) == list(islice(sim.events(), 3000))
 
 
+class RecordingSink:
+    """Keeps every chunk with the wall-clock time it was written at."""
+
+    def __init__(self) -> None:
+        self.writes: list[tuple[float, list[Event]]] = []
+
+    async def write_many(self, events: list[Event]) -> None:
+        self.writes.append((time.time(), list(events)))
+
+    async def close(self) -> None:
+        pass
+
+
+def test_then_live_replays_history_at_speed_then_keeps_to_the_wall_clock() -> None:
+    """A minute of history at 60x takes 60 / 59 s to catch up with the wall clock; from
+    then on each event goes out once the wall clock reaches its ts, never before. The
+    events are the simulator's, as without --then-live: only their sending is paced."""
+    sink, began = RecordingSink(), time.time()
+    report = asyncio.run(run_producer(
+        SETTINGS, sink=sink, events=None, duration=2.5, rate=2000.0, speed=60.0, seed=3,
+        start_ts=began - 60.0, then_live=True,
+    ))
+    ended = time.time()
+    sent = [(at, event["ts"]) for at, chunk in sink.writes for event in chunk]
+    assert all(ts <= at for at, ts in sent)  # never ahead of the wall clock
+    history = [(at, ts) for at, ts in sent if ts < began]
+    # a minute at 2000/60 events per event second, fewer at night and while a fresh
+    # simulation has no replies yet
+    assert len(history) > 100
+    assert history[-1][0] - began < 1.5  # at 60x: about a second, not a minute
+    assert len(sent) > len(history)  # then live, for a second or more
+    assert report.last_ts is not None and ended - 2.0 < report.last_ts <= ended
+    simulator = Simulator(SimulationProfile(), seed=3, start_ts=began - 60.0, rate=2000.0,
+                          speed=60.0, members=2000)
+    assert [e for _, chunk in sink.writes for e in chunk] == list(
+        islice(simulator.events(), len(sent))
+    )
+
+
+def test_then_live_holds_the_warmup_back_too() -> None:
+    """A warmup reaching past now (a start in the future) waits for the wall clock."""
+    sink, began = RecordingSink(), time.time()
+    asyncio.run(run_producer(
+        SETTINGS, sink=sink, events=None, duration=1.5, rate=2000.0, speed=60.0, seed=3,
+        start_ts=began + 600.0, warmup=1200.0, then_live=True,
+    ))
+    sent = [(at, event["ts"]) for at, chunk in sink.writes for event in chunk]
+    assert all(ts <= at for at, ts in sent)
+    simulator = Simulator(SimulationProfile(), seed=3, start_ts=began - 600.0, rate=2000.0,
+                          speed=60.0, members=2000)
+    past = sum(1 for _ in takewhile(lambda e: e["ts"] < began, simulator.events()))
+    assert past > 0 and sent[past - 1][0] < began + 0.5  # the past at once
+    assert len(sent) > past  # then live
+
+
 def parser() -> argparse.ArgumentParser:
     result = argparse.ArgumentParser()
     add_arguments(result, Settings(producer_rate=123.0, events_topic="x.events"))
@@ -141,6 +197,16 @@ def test_cli_defaults_come_from_settings_and_help_names_the_env_vars() -> None:
     text = parser().format_help()
     for env in ("PRODUCER_RATE", "PRODUCER_SPEED", "PRODUCER_SEED", "EVENTS_TOPIC"):
         assert env in text
+
+
+def test_then_live_is_off_unless_asked_for_by_flag_or_setting() -> None:
+    assert parser().parse_args([]).then_live is False
+    assert parser().parse_args(["--then-live"]).then_live is True
+    assert "PRODUCER_THEN_LIVE" in parser().format_help()
+    live = argparse.ArgumentParser()
+    add_arguments(live, Settings(producer_then_live=True))
+    assert live.parse_args([]).then_live is True
+    assert live.parse_args(["--no-then-live"]).then_live is False
 
 
 def test_start_ts_accepts_epoch_and_iso() -> None:

@@ -1,5 +1,6 @@
-"""docs/metrics.md stays in step with the code: every exported metric and every recording
-rule is catalogued, and every ``messaging_…`` / ``messaging:…`` name in it exists."""
+"""docs/metrics.md stays in step with the code: every exported metric, every event-time
+family the history writes and every recording rule is catalogued, and every
+``messaging_…`` / ``messaging:…`` name in it exists."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from deploy import event_time
 from streams import catalogue
 from streams.aggregate.exposition import WindowCollector
+from streams.history.stage import HistoryMetrics
 from streams.pipeline_metrics import PipelineMetrics
 from tests.prometheus_rules import recording_rule_names
 
@@ -36,10 +39,19 @@ def window_gauge_names() -> set[str]:
     return minute | rollups | trailing | cohorts
 
 
+def event_time_names() -> tuple[set[str], set[str]]:
+    """(the event-time families to document, every event-time name that may be
+    mentioned: their gauge histograms' samples too)."""
+    every = event_time.event_time_names()
+    families = {name for name in every if not name.endswith(GAUGE_HISTOGRAM_SUFFIXES)}
+    return families, every
+
+
 def pipeline_names() -> tuple[set[str], set[str]]:
     """(names to document, every sample name that may be mentioned)."""
     registry = CollectorRegistry()
     PipelineMetrics(registry)
+    HistoryMetrics(registry)
     families = list(registry.collect())
     # the aggregate side's late counter is exported by the /metrics collector itself
     families += list(WindowCollector(list, 60).collect())
@@ -51,13 +63,22 @@ def pipeline_names() -> tuple[set[str], set[str]]:
     return documented, samples
 
 
+# a family of names by its prefix, as `messaging_eventtime_*`
+PREFIX = re.compile(r"(?<![\w:])(messaging_[A-Za-z0-9_]*_)\*")
+
+
 def doc_names() -> set[str]:
-    return set(NAME.findall(DOC.read_text()))
+    return set(NAME.findall(PREFIX.sub("", DOC.read_text())))
+
+
+def doc_prefixes() -> set[str]:
+    return set(PREFIX.findall(DOC.read_text()))
 
 
 def test_every_metric_and_rule_is_documented() -> None:
     documented_pipeline, _ = pipeline_names()
-    required = window_gauge_names() | documented_pipeline | set(recording_rule_names())
+    required = (window_gauge_names() | event_time_names()[0] | documented_pipeline
+                | set(recording_rule_names()))
     missing = sorted(required - doc_names())
     assert not missing, f"not in {DOC.name}: {missing}"
 
@@ -72,6 +93,10 @@ def test_no_stale_names_in_the_doc() -> None:
         | documented_pipeline
         | pipeline_samples
         | set(recording_rule_names())
+        | event_time_names()[1]
     )
     stale = sorted(doc_names() - known)
     assert not stale, f"named in {DOC.name} but exported by nothing: {stale}"
+    stale_prefixes = sorted(prefix for prefix in doc_prefixes()
+                            if not any(name.startswith(prefix) for name in known))
+    assert not stale_prefixes, f"prefixes in {DOC.name} of no name: {stale_prefixes}"

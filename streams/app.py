@@ -29,6 +29,7 @@ from streams.history.stage import HistoryStage
 from streams.ingest.processes import IngestProcesses
 from streams.ingest.stage import IngestStage
 from streams.kafka import access, faust_transport
+from streams.kafka.io import STATE_RECORD_MAX_BYTES
 from streams.kafka.outage import is_fatal
 from streams.kafka.stage import read_partitions
 from streams.pipeline_metrics import PipelineMetrics
@@ -108,6 +109,9 @@ class Worker:
             broker_session_timeout=settings.session_timeout_ms / 1000,
             broker_heartbeat_interval=max(1.0, settings.session_timeout_ms / 4000),
             producer_acks=-1,
+            # an owner's state record grows with its open windows (a backlog: over 1 MB,
+            # Faust's default, with 10-s windows): as large as its topic takes
+            producer_max_request_size=STATE_RECORD_MAX_BYTES,
         )
         self.partials = self.app.topic(
             settings.partials_topic, key_serializer="raw", value_serializer="raw",

@@ -28,6 +28,10 @@ from aiokafka.structs import TopicPartition
 from streams.kafka.access import KafkaAccessError, leader_topic
 from streams.settings import Settings
 
+# A state snapshot (the risk stage's, an aggregate owner's) grows with what is open,
+# e.g. the windows of a backlog: its topics take records up to this size.
+STATE_RECORD_MAX_BYTES = 32 * 1024 * 1024
+
 log = logging.getLogger(__name__)
 
 
@@ -174,11 +178,11 @@ async def ensure_topics(
             topic(settings.flagged_topic, 1),
             topic(
                 settings.risk_state_topic, settings.activity_partitions, **compacted,
-                **{"max.message.bytes": str(32 * 1024 * 1024)},
+                **{"max.message.bytes": str(STATE_RECORD_MAX_BYTES)},
             ),
             topic(
                 settings.aggregate_state_topic, settings.partials_partitions, **compacted,
-                **{"max.message.bytes": str(32 * 1024 * 1024)},
+                **{"max.message.bytes": str(STATE_RECORD_MAX_BYTES)},
             ),
             topic(leader_topic(settings), 1),  # Faust's; made here so Faust needs no CREATE
         ]

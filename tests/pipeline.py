@@ -218,7 +218,8 @@ def window_differences(
     for start, records in sorted(by_window.items()):
         total = sum_owners(records)
         trailing = reference.trailing_senders(tallies, start) if resolution == "day" else None
-        expected = reference.samples(tallies[start], start + window, resolution, trailing)
+        expected = reference.samples(tallies[start], start + window, resolution, trailing,
+                                     every_series=True)
         differing = {
             k: (total.get(k), expected.get(k))
             for k in set(expected) | set(total) if total.get(k) != expected.get(k)

@@ -69,11 +69,12 @@ def recount(partitions: dict[int, list[dict[str, Any]]], window: int) -> dict[in
 
 def samples(
     t: dict[Any, Any], window_end: float, resolution: str = "minute",
-    trailing: dict[int, set[str]] | None = None,
+    trailing: dict[int, set[str]] | None = None, every_series: bool = False,
 ) -> dict[SampleKey, float]:
     """The samples /metrics shows for one window's tallies (minute, hour or day). A day
     also has the trailing actives: ``trailing`` maps days (7, 28) to the senders of the
-    days that end with this one."""
+    days that end with this one. ``every_series``: as a ``messaging.metrics`` record has
+    them, the spam reports of an unknown channel included while zero."""
     out: dict[SampleKey, float] = {}
     prefix = PREFIX[resolution]
 
@@ -105,8 +106,9 @@ def samples(
     for a in ANSWERS:
         put("messaging_inmail_answers", t.get(("answers", a), 0), answer=a)
     for r in SPAM_REASONS:
-        if t.get(("spam", "unknown", r)):
-            put("messaging_spam_reports", t[("spam", "unknown", r)], channel="unknown", reason=r)
+        if t.get(("spam", "unknown", r)) or every_series:
+            put("messaging_spam_reports", t.get(("spam", "unknown", r), 0), channel="unknown",
+                reason=r)
     # a distinct-count sketch is not exact: the expected value is the CPC estimate of
     # the window's exact sender set, which must not depend on how batches grouped it
     senders = t.get("senders", set())

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_SERIES_PER_WRITE = 20_000  # about 70 minute windows: a catch-up in a few requests
 RETRY_CAP_SECONDS = 30.0
+REFUSALS_TOLD_EVERY_SECONDS = 60.0
 
 
 def group_id(settings: Settings) -> str:
@@ -99,6 +100,7 @@ class HistoryStage:
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._retry_at = 0.0
+        self._refused, self._refused_told_at = 0, -math.inf
         self._retry_delay = RETRY_FIRST_SECONDS
         self._failing_since: float | None = None
         self._stopping = asyncio.Event()
@@ -210,9 +212,16 @@ class HistoryStage:
                     if not await self._write_chunk([window]):
                         return False
                 return True
-            self.metrics.rejected.inc(len(windows))
-            log.error("history: Prometheus refused %d windows (%s to %s) for good: %s",
-                      len(windows), windows[0].end, windows[-1].end, exc)
+            self.metrics.rejected.inc()
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._refused_told_at >= REFUSALS_TOLD_EVERY_SECONDS:
+                # a first catch-up of a topic older than the out-of-order window is
+                # refused window by window: one line a minute, with the count
+                log.error("history: Prometheus refused %d window(s) for good, the latest "
+                          "ending at %d (%s): %s", self._refused, windows[0].end,
+                          windows[0].resolution, exc)
+                self._refused, self._refused_told_at = 0, now
             return True
         except RemoteWriteFailed as exc:
             self.metrics.failures.inc()

@@ -296,6 +296,24 @@ ALERTS: tuple[AlertSpec, ...] = (
         ),
     ),
     AlertSpec(
+        alert="MessagingHistoryStalled",
+        severity="warning",
+        group="messaging-pipeline",
+        expr=(
+            "messaging_history_pending_windows > 0\n"
+            "  and changes(messaging_history_written_through_timestamp_seconds[$range]) == 0"
+        ),
+        for_="10m",
+        range="10m",
+        summary="The event-time history has stopped on {{ $labels.instance }}",
+        description=(
+            "{{ $value }} closed windows wait on {{ $labels.instance }} and none has been "
+            "written to Prometheus' history for at least [range]: the event-time graphs and "
+            "daily totals end there (the live gauges and alerts go on). Prometheus refuses "
+            "the writes or cannot be reached, or an aggregate owner has stopped reporting."
+        ),
+    ),
+    AlertSpec(
         alert="MessagingWorkerDown",
         severity="critical",
         group="messaging-pipeline",

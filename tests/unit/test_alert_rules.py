@@ -22,6 +22,7 @@ REQUIRED_ALERTS = {
     "MessagingInMailResponseRateLow", "MessagingFlaggedSendersSurge", "MessagingBlocksSurge",
     "MessagingPipelineStalled", "MessagingWorkerDown", "MessagingInvalidEventsHigh",
     "MessagingConsumerLagHigh", "MessagingKafkaUnreachable", "MessagingInMailResponseBelowPolicy",
+    "MessagingHistoryStalled",
 }
 
 

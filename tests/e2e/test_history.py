@@ -30,6 +30,7 @@ from streams.history.assembly import Assembly, event_time_name
 from streams.history.remote_write import RemoteWriter
 from streams.kafka.io import ensure_topics
 from streams.settings import Settings
+from streams.windows import window_end
 from tests.e2e.conftest import WebhookReceiver
 from tests.harness import ROOT, WorkerProcess, read_topic, settings_env, wait_until
 from tests.pipeline import sum_owners
@@ -85,8 +86,11 @@ def test_every_window_lands_once_whole_at_its_end(settings: Settings, tmp_path: 
         for worker in workers:
             worker.start()
         assert producer.wait(RUN + 60) == 0
-        metrics = wait_until(lambda: _history_complete(settings, workers), 120,
-                             "every closed window in the history", interval=2.0)
+        newest = max(orjson.loads(m.value)["ts"]
+                     for m in read_topic(settings, settings.events_topic))
+        last_end = window_end(newest, WINDOW)  # closes once the input is idle
+        metrics = wait_until(lambda: _history_complete(settings, workers, last_end), 180,
+                             f"every window up to {last_end} in the history", interval=2.0)
         ended = time.time()
 
         expected = _expected(metrics)
@@ -122,17 +126,13 @@ def test_every_window_lands_once_whole_at_its_end(settings: Settings, tmp_path: 
         receiver.server.server_close()
 
 
-def _history_complete(settings: Settings, workers: list[WorkerProcess]) -> list[Any] | None:
-    """The metrics topic, once its newest minute window is in the history (the last
-    windows close when the input has been idle IDLE_TIMEOUT_SECONDS)."""
-    metrics = read_topic(settings, settings.metrics_topic)
-    ends = [r["window_end"] for r in map(orjson.loads, (m.value for m in metrics))
-            if r["kind"] == "window" and r["resolution"] == "minute"]
+def _history_complete(settings: Settings, workers: list[WorkerProcess],
+                      last_end: int) -> list[Any] | None:
+    """The metrics topic, once the history is written through the window of the newest
+    event (the last windows close when the input has been idle IDLE_TIMEOUT_SECONDS)."""
     written = max(w.scrape().get(("messaging_history_written_through_timestamp_seconds",
                                   frozenset()), 0.0) for w in workers)
-    newest_event = max(r["window_end"] for r in map(orjson.loads, (m.value for m in metrics))
-                       if r["kind"] == "window") if ends else 0
-    return metrics if ends and written >= max(ends) and written >= newest_event else None
+    return read_topic(settings, settings.metrics_topic) if written >= last_end else None
 
 
 def _rollup(name: str) -> bool:

@@ -163,38 +163,53 @@ class Worker:
     async def _aggregate(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
             partition = event.message.partition
-            state = await self._owner_state(partition)
-            closed = state.apply(orjson.loads(event.value))
-            if closed:
-                # Published, and acknowledged by the broker, before the state that says
-                # "closed" can reach its topic: a crash in between then publishes the
-                # same windows again (identical records), instead of losing them.
-                sent = [
-                    await self.metrics_out.send(key=item.key, value=orjson.dumps(item.record()),
-                                                partition=METRICS_PARTITION)
-                    for item in closed
-                ]
-                for item, delivery in zip(closed, sent, strict=True):
-                    await delivery
-                    if isinstance(item, ClosedWindow):
-                        log.info("closed %s %d (owner %d)", PERIODS[item.resolution],
-                                 item.start, partition)
-                closed_a_day = any(
-                    isinstance(w, ClosedWindow) and w.resolution == "day" for w in closed
-                )
-                if closed_a_day and state.rollups.days:
-                    # the trailing days' sketches change once a day: a record of their own
-                    await (await self.state_out.send(
-                        key=_state_key(partition, "days"),
-                        value=orjson.dumps(state.rollups.history_json()), partition=partition,
-                    ))
-            await self._publish_progress(partition, state)
-            # In Kafka before this event is acknowledged, so before Faust can commit
-            # past it: a restarted owner resumes from a state at or ahead of the
-            # committed offset, and the applied-offset marks skip what it has seen.
-            await (await self.state_out.send(
-                key=_state_key(partition), value=state.dumps(), partition=partition
-            ))
+            try:
+                await self._apply(partition, event.value)
+            except BaseException:
+                # The state in memory may have moved past windows it did not publish,
+                # and Faust restarts a failed agent in this process: forget it, so the
+                # partition's next event reloads the last saved state and publishes
+                # them again (else the history would take the next progress record for
+                # "published" and write those windows without this owner's share).
+                self._states.pop(partition, None)
+                self._progress.pop(partition, None)
+                raise
+
+    async def _apply(self, partition: int, value: bytes) -> None:
+        """One record of a partials partition: apply it, publish what it closed, then
+        this owner's progress, then save its state."""
+        state = await self._owner_state(partition)
+        closed = state.apply(orjson.loads(value))
+        if closed:
+            # Published, and acknowledged by the broker, before the state that says
+            # "closed" can reach its topic: a crash in between then publishes the
+            # same windows again (identical records), instead of losing them.
+            sent = [
+                await self.metrics_out.send(key=item.key, value=orjson.dumps(item.record()),
+                                            partition=METRICS_PARTITION)
+                for item in closed
+            ]
+            for item, delivery in zip(closed, sent, strict=True):
+                await delivery
+                if isinstance(item, ClosedWindow):
+                    log.info("closed %s %d (owner %d)", PERIODS[item.resolution],
+                             item.start, partition)
+            closed_a_day = any(
+                isinstance(w, ClosedWindow) and w.resolution == "day" for w in closed
+            )
+            if closed_a_day and state.rollups.days:
+                # the trailing days' sketches change once a day: a record of their own
+                await (await self.state_out.send(
+                    key=_state_key(partition, "days"),
+                    value=orjson.dumps(state.rollups.history_json()), partition=partition,
+                ))
+        await self._publish_progress(partition, state)
+        # In Kafka before this event is acknowledged, so before Faust can commit
+        # past it: a restarted owner resumes from a state at or ahead of the
+        # committed offset, and the applied-offset marks skip what it has seen.
+        await (await self.state_out.send(
+            key=_state_key(partition), value=state.dumps(), partition=partition
+        ))
 
     async def _publish_progress(self, partition: int, state: OwnerState) -> None:
         """Once per window boundary the watermark passes, after the windows it closed

@@ -15,8 +15,9 @@ Repeats: an owner that crashes between publishing and saving its state publishes
 windows again (identical records). A repeat of a window not yet complete replaces its
 owner's record; a repeat of a window already written (its end at or below
 ``written_through``) is ignored. ``written_through`` travels with the committed offset
-(:meth:`Assembly.commit_point`), so a restart reads from the first record it still needs
-and knows which windows are behind it.
+(:meth:`Assembly.commit_point`, :meth:`Assembly.metadata`), so a restart reads from the
+first record it still needs and knows which windows are behind it. A window is written
+once, whole: never again with another value (Prometheus would not always refuse it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from streams.catalogue import RESOLUTIONS, WINDOW_END, named
 from streams.history.remote_write import Series
@@ -34,6 +37,10 @@ _WINDOW_ENDS = frozenset(named(WINDOW_END, resolution) for resolution in RESOLUT
 
 Labels = tuple[tuple[str, str], ...]
 WindowKey = tuple[str, int, int]  # resolution, start, end
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
 
 
 def event_time_name(name: str) -> str:
@@ -82,10 +89,17 @@ class Assembly:
     pending: dict[WindowKey, dict[int, list[list[Any]]]] = field(default_factory=dict)
     first_offsets: dict[WindowKey, int] = field(default_factory=dict)
     repeats: int = 0  # window records of windows already written
+    malformed: int = 0  # records that are not what an owner publishes: skipped
 
-    def add(self, record: dict[str, Any], offset: int) -> None:
+    def add(self, record: Any, offset: int) -> None:
         """One record of the partition, in offset order (cohort records are not windows:
         Prometheus has them from ``/metrics``)."""
+        try:
+            self._add(record, offset)
+        except (KeyError, TypeError, AttributeError, ValueError):
+            self.malformed += 1
+
+    def _add(self, record: dict[str, Any], offset: int) -> None:
         kind = record.get("kind")
         if kind == "progress":
             owner = record["owner"]
@@ -98,7 +112,7 @@ class Assembly:
                 return
             key = (record["resolution"], record["window_start"], record["window_end"])
             self.pending.setdefault(key, {})[record["owner"]] = record["samples"]
-            self.first_offsets.setdefault(key, offset)
+            self.first_offsets[key] = min(offset, self.first_offsets.get(key, offset))
 
     @property
     def closed_through(self) -> float:
@@ -124,6 +138,28 @@ class Assembly:
             self.pending.pop(key, None)
             self.first_offsets.pop(key, None)
         self.written_through = max(self.written_through, through)
+
+    def metadata(self) -> str:
+        """What the committed offset carries: the event time written through, and each
+        owner's progress (a restart must not wait for an owner to pass again what it
+        had passed: an owner restored from an older state re-sends a lower one)."""
+        return orjson.dumps({
+            "written_through": _finite_or_none(self.written_through),
+            "progress": {str(owner): value for owner, value in self.progress.items()},
+        }).decode()
+
+    @classmethod
+    def restored(cls, owners: int, metadata: str | None) -> Assembly:
+        """The assembly a restart begins with, from the committed offset's metadata
+        (none, or unreadable: nothing written, nothing known)."""
+        try:
+            data = orjson.loads(metadata or "{}")
+            written = data.get("written_through")
+            progress = {int(owner): float(value)
+                        for owner, value in data.get("progress", {}).items()}
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            return cls(owners)
+        return cls(owners, -math.inf if written is None else float(written), progress)
 
     def commit_point(self, position: int) -> int:
         """Where a restart must read from (with ``written_through`` beside it): the

@@ -8,7 +8,9 @@ generated code to keep in step with the runtime's version. The body is snappy-co
 
 A write is idempotent: Prometheus ignores a sample it already has at the same timestamp
 with the same value (in order or out of order), so a window written again changes
-nothing.
+nothing. (A different value at that timestamp is refused only when it is the series'
+newest sample: out of order, Prometheus 2.4x may drop it silently. The history never
+writes one: see :mod:`streams.history.assembly`.)
 """
 
 from __future__ import annotations
@@ -92,11 +94,12 @@ def decode(body: bytes) -> list[Series]:
 
 
 class RemoteWriteRejected(Exception):
-    """Prometheus refused the write for good (HTTP 4xx): retrying cannot help."""
+    """Prometheus refused the samples for good (HTTP 400): retrying cannot help."""
 
 
 class RemoteWriteFailed(Exception):
-    """The write did not land (a 5xx, a timeout, a refused connection): retry it."""
+    """The write did not land (unreachable, a timeout, a 5xx, no receiver at the URL,
+    refused credentials): retry it."""
 
 
 class RemoteWriter:
@@ -120,8 +123,10 @@ class RemoteWriter:
                 text = (await response.text()).strip()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise RemoteWriteFailed(f"{self.url}: {exc!r}") from exc
-        if 400 <= response.status < 500 and response.status != 429:
+        if response.status == 400:  # the samples (too old, a different value, ...)
             raise RemoteWriteRejected(f"{self.url}: HTTP {response.status}: {text}")
+        # anything else is the endpoint's, not the samples' (404: no receiver there, 401,
+        # 403: credentials, 429, 5xx): retried, so nothing is skipped past it
         raise RemoteWriteFailed(f"{self.url}: HTTP {response.status}: {text}")
 
     async def close(self) -> None:

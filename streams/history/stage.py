@@ -9,9 +9,11 @@ written beside the offset (the commit's metadata): a crash repeats a write, whic
 Prometheus takes as a no-op, and never skips one.
 
 Prometheus down or slow: the windows wait (and keep coming) and the write is retried
-with a growing pause; nothing is committed past them meanwhile. A write Prometheus
-refuses for good (HTTP 4xx: a sample older than its out-of-order window, a different
-value already at that timestamp) is logged and counted, and the stage goes on.
+with a growing pause; nothing is committed past them meanwhile. A window Prometheus
+refuses for good (HTTP 400: older than its out-of-order window, say) is logged and
+counted, and the stage goes on; any other answer (404: no receiver at that URL, 401,
+403, 5xx) is retried, so a misconfiguration stalls the history
+(MessagingHistoryStalled) instead of skipping it.
 """
 
 from __future__ import annotations
@@ -45,20 +47,6 @@ def group_id(settings: Settings) -> str:
     return f"{settings.app_id}-history"
 
 
-def commit_metadata(written_through: float) -> str:
-    return orjson.dumps({"written_through": written_through
-                         if math.isfinite(written_through) else None}).decode()
-
-
-def written_through_of(metadata: str | None) -> float:
-    """What a committed offset's metadata says; nothing (a first start): nothing written."""
-    try:
-        value = orjson.loads(metadata or "{}").get("written_through")
-    except (orjson.JSONDecodeError, AttributeError):
-        return -math.inf
-    return -math.inf if value is None else float(value)
-
-
 class HistoryMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.windows = Counter(
@@ -68,12 +56,14 @@ class HistoryMetrics:
         )
         self.rejected = Counter(
             "messaging_history_windows_rejected",
-            "Windows Prometheus refused for good (e.g. older than its out-of-order window).",
+            "Windows Prometheus refused for good (HTTP 400: e.g. older than its "
+            "out-of-order window).",
             registry=registry,
         )
         self.failures = Counter(
             "messaging_history_write_failures",
-            "Writes that did not land and were retried (Prometheus down, slow, 5xx).",
+            "Writes that did not land and were retried (Prometheus down or slow, 5xx, "
+            "404 without the receiver, 401/403).",
             registry=registry,
         )
         self.pending = Gauge(
@@ -96,7 +86,7 @@ class HistoryStage:
         self.writer = RemoteWriter(settings.history_remote_write_url)
         self.metrics = HistoryMetrics(registry)
         self.assemblies: dict[int, Assembly] = {}
-        self._committed: dict[int, tuple[int, float]] = {}
+        self._committed: dict[int, tuple[int, str]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._retry_at = 0.0
@@ -110,9 +100,11 @@ class HistoryStage:
         self.metrics.written_through.set_function(self._written_through)
 
     def _written_through(self) -> float:
-        values = [a.written_through for a in self.assemblies.values()]
-        finite = [v for v in values if math.isfinite(v)]
-        return min(finite) if finite and len(finite) == len(values) else 0.0
+        """0 until something is written (a partition of a topic made with more than one
+        may never have anything: it does not hold the others back)."""
+        finite = [a.written_through for a in self.assemblies.values()
+                  if math.isfinite(a.written_through)]
+        return min(finite) if finite else 0.0
 
     async def start(self) -> None:
         options = self.settings.kafka_client_options()
@@ -136,6 +128,14 @@ class HistoryStage:
         assert self._consumer is not None
         while not self._stopping.is_set():
             try:
+                # While Prometheus fails, read no further: what is read waits in memory,
+                # and it is all read again after a restart anyway. (Polling goes on, so
+                # the group keeps this member.)
+                assigned = self._consumer.assignment()
+                if time.monotonic() < self._retry_at:
+                    self._consumer.pause(*assigned)
+                else:
+                    self._consumer.resume(*assigned)
                 batch = await self._consumer.getmany(timeout_ms=500, max_records=5_000)
                 async with self._lock:  # stop() waits for a step in flight
                     if self._stopping.is_set():
@@ -173,9 +173,12 @@ class HistoryStage:
             try:
                 record = orjson.loads(message.value)
             except orjson.JSONDecodeError:
-                log.warning("history: %s offset %d is not JSON; skipped", tp, message.offset)
-                continue
+                record = None
+            malformed = assembly.malformed
             assembly.add(record, message.offset)
+            if assembly.malformed > malformed:
+                log.warning("history: %s offset %d is not a window or progress record; "
+                            "skipped", tp, message.offset)
 
     async def _flush(self) -> None:
         """Write what is complete (unless waiting to retry), then commit behind it."""
@@ -245,19 +248,19 @@ class HistoryStage:
     async def _commit(self, partition: int, assembly: Assembly) -> None:
         assert self._consumer is not None
         tp = TopicPartition(self.settings.metrics_topic, partition)
-        with contextlib.suppress(AssertionError):  # revoked meanwhile: not ours to commit
-            point = assembly.commit_point(await self._consumer.position(tp))
-            mark = (point, assembly.written_through)
-            if self._committed.get(partition) == mark:
-                return
-            try:
-                await self._consumer.commit(
-                    {tp: (point, commit_metadata(assembly.written_through))})
-            except Exception as exc:  # noqa: BLE001 - a rebalance, a broker fault: next time
-                log.info("history: commit of %s at %d deferred (%s)", tp, point,
-                         type(exc).__name__)
-                return
-            self._committed[partition] = mark
+        if tp not in self._consumer.assignment():
+            return  # revoked meanwhile: not ours to commit
+        point = assembly.commit_point(await self._consumer.position(tp))
+        metadata = assembly.metadata()
+        if self._committed.get(partition) == (point, metadata):
+            return
+        try:
+            await self._consumer.commit({tp: (point, metadata)})
+        except Exception as exc:  # noqa: BLE001 - a rebalance, a broker fault: next time
+            log.info("history: commit of %s at %d deferred (%s)", tp, point,
+                     type(exc).__name__)
+            return
+        self._committed[partition] = (point, metadata)
 
     async def _restore(self, tp: TopicPartition) -> int | None:
         """A new assembly for an assigned partition, knowing what is written already
@@ -272,11 +275,13 @@ class HistoryStage:
                      type(exc).__name__)
             return None
         found = committed.get(tp)
-        written = written_through_of(found.metadata if found is not None else None)
-        self.assemblies[tp.partition] = Assembly(self.settings.partials_partitions,
-                                                 written_through=written)
-        log.info("history: %s assigned, every window up to %s already written", tp,
-                 "nothing" if written == -math.inf else f"{written:.0f}")
+        if tp.partition not in self.assemblies:  # the listener and run() may both try
+            assembly = Assembly.restored(self.settings.partials_partitions,
+                                         found.metadata if found is not None else None)
+            self.assemblies[tp.partition] = assembly
+            written = assembly.written_through
+            log.info("history: %s assigned, every window up to %s already written", tp,
+                     "nothing" if written == -math.inf else f"{written:.0f}")
         return found.offset if found is not None else -1
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
@@ -291,14 +296,18 @@ class HistoryStage:
                 with contextlib.suppress(Exception):
                     await self._consumer.commit({tp: (
                         assembly.commit_point(await self._consumer.position(tp)),
-                        commit_metadata(assembly.written_through))})
+                        assembly.metadata())})
 
     async def stop(self) -> None:
         self._stopping.set()
         async with self._lock:  # the step in flight (a write, a commit) ends first
             if self._consumer is not None:
+                # leaving the group does not call the rebalance listener: commit here
+                for partition, assembly in list(self.assemblies.items()):
+                    with contextlib.suppress(Exception):
+                        await self._commit(partition, assembly)
                 with contextlib.suppress(Exception):
-                    await self._consumer.stop()  # revokes: commits where each partition is
+                    await self._consumer.stop()
             if self._admin is not None:
                 with contextlib.suppress(Exception):
                     await self._admin.close()

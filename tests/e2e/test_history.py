@@ -27,7 +27,7 @@ import pytest
 from deploy.local_kafka import free_port
 from deploy.local_monitoring import LocalMonitoring, TimeCompression
 from streams.history.assembly import Assembly, event_time_name
-from streams.history.remote_write import RemoteWriter
+from streams.history.remote_write import RemoteWriteFailed, RemoteWriter
 from streams.kafka.io import ensure_topics
 from streams.settings import Settings
 from streams.windows import window_end
@@ -100,8 +100,8 @@ def test_every_window_lands_once_whole_at_its_end(settings: Settings, tmp_path: 
         assert len(minutes) >= RUN * SPEED / WINDOW - 2 and hours, (len(minutes), hours)
         _assert_same(stored, expected)
 
-        # the same windows again, assembled afresh: Prometheus refuses a different
-        # value at a timestamp it has (the writer raises), and keeps what it had
+        # the same windows again, assembled afresh: nothing changes (compared below; a
+        # different value would not always be refused by Prometheus out of order)
         assembly = Assembly(settings.partials_partitions)
         for offset, message in enumerate(metrics):
             assembly.add(orjson.loads(message.value), offset)
@@ -109,6 +109,11 @@ def test_every_window_lands_once_whole_at_its_end(settings: Settings, tmp_path: 
         assert len(windows) == len(minutes) + len(hours) + _days(expected)
         asyncio.run(_write_again(remote_write, windows))
         _assert_same(_stored(monitoring, ended - start_ts + 600), expected)
+        # an endpoint that is no receiver (a wrong path: 404) is a failure to retry, not a
+        # refusal of the samples to skip past
+        with pytest.raises(RemoteWriteFailed):
+            asyncio.run(_write_again(f"{monitoring.prometheus_url}/api/v1/no-receiver",
+                                     windows[:1]))
 
         mixed, whole = _live_gauges(monitoring, began, ended, minutes)
         print(f"history: {len(minutes)} minute windows and {len(hours)} hours, every one "

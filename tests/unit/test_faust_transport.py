@@ -127,3 +127,32 @@ def test_a_partition_without_a_commit_is_read_again_from_its_beginning() -> None
 
     assert asyncio.run(run()) == committed
     assert sorted(rewound) == [TP("t.partials", 1), TP("t.partials", 2)]
+
+
+def test_the_livelock_check_skips_a_partition_without_a_position(monkeypatch) -> None:
+    """Faust's livelock check asserted on a partition aiokafka had just assigned (no
+    position yet) and crashed the worker; such a partition is skipped, others checked."""
+    from aiokafka.consumer.subscription_state import SubscriptionState
+    from aiokafka.structs import TopicPartition
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+
+    from streams.kafka.faust_transport import ReadCommittedConsumerThread
+
+    fresh, reading = TopicPartition("t", 0), TopicPartition("t", 1)
+
+    async def assigned() -> SubscriptionState:  # aiokafka wants a running loop
+        subscriptions = SubscriptionState()
+        subscriptions.assign_from_user({fresh, reading})
+        subscriptions.subscription.assignment.state_value(reading).seek(42)
+        return subscriptions
+
+    subscriptions = asyncio.run(assigned())
+    checked: list[Any] = []
+    monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "verify_event_path",
+                        lambda self, now, tp: checked.append(tp))
+    thread = object.__new__(ReadCommittedConsumerThread)
+    consumer = SimpleNamespace(_fetcher=SimpleNamespace(_subscriptions=subscriptions))
+    thread._ensure_consumer = lambda: consumer  # type: ignore[method-assign]
+    for tp in (fresh, reading):
+        thread.verify_event_path(0.0, tp)
+    assert checked == [reading]

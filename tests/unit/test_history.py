@@ -7,7 +7,6 @@ import math
 from streams.aggregate.closed import ClosedWindow, progress_record
 from streams.history.assembly import Assembly, event_time_name
 from streams.history.remote_write import Series, decode, encode
-from streams.history.stage import commit_metadata, written_through_of
 from streams.partials import SENT
 
 SENT_KEY = (SENT, "web", "connection", "member", "text")
@@ -87,8 +86,7 @@ def test_a_restart_reads_from_the_first_record_it_still_needs() -> None:
     assert [w.start for w in windows] == [0]
     point = first.commit_point(6)
     assert point == 3  # owner 1's latest progress (and window 60 starts at 4)
-    restarted = Assembly(owners=2, written_through=written_through_of(
-        commit_metadata(first.written_through)))
+    restarted = Assembly.restored(2, first.metadata())
     for offset in range(point, len(log)):
         restarted.add(log[offset], offset)
     windows, through = restarted.complete()
@@ -109,11 +107,37 @@ def test_hours_wait_for_the_same_progress() -> None:
 
 
 def test_no_commit_metadata_means_nothing_written() -> None:
-    assert written_through_of(None) == -math.inf
-    assert written_through_of("") == -math.inf
-    assert written_through_of("not json") == -math.inf
-    assert written_through_of(commit_metadata(-math.inf)) == -math.inf
-    assert written_through_of(commit_metadata(120.0)) == 120.0
+    for metadata in (None, "", "not json", "[1, 2]", '{"progress": {"x": 1}}'):
+        restored = Assembly.restored(2, metadata)
+        assert (restored.written_through, restored.progress) == (-math.inf, {}), metadata
+    assert Assembly.restored(2, Assembly(2).metadata()).written_through == -math.inf
+
+
+def test_a_restart_knows_every_owners_progress_not_only_its_latest_record() -> None:
+    """An owner restored from an older state sends a lower progress than it had: after a
+    restart the history must not wait for it to pass again what it had passed."""
+    first = Assembly(owners=2)
+    for offset, record in enumerate([
+        window(0, 0, 5), progress_record(0, 120), progress_record(1, 60),
+        window(0, 60, 1), progress_record(0, 60),  # owner 0 restarted from an older state
+    ]):
+        first.add(record, offset)
+    windows, through = first.complete()
+    first.written(windows, through)
+    restarted = Assembly.restored(2, first.metadata())
+    for offset in range(first.commit_point(5), 5):
+        restarted.add([window(0, 0, 5), progress_record(0, 120), progress_record(1, 60),
+                       window(0, 60, 1), progress_record(0, 60)][offset], offset)
+    restarted.add(progress_record(1, 120), 5)  # owner 1 passes window 60..120
+    assert [(w.start, sent_of(w.values)) for w in restarted.complete()[0]] == [(60, 1)]
+
+
+def test_records_that_are_not_an_owners_are_skipped_and_counted() -> None:
+    assembly = Assembly(owners=1)
+    for offset, record in enumerate([[1, 2], {"kind": "window"}, {"kind": "progress"}, "x"]):
+        assembly.add(record, offset)
+    assert assembly.malformed == 4
+    assert assembly.pending == {} and assembly.progress == {}
 
 
 def test_the_write_request_round_trips() -> None:

@@ -30,6 +30,7 @@ import orjson
 
 from streams.catalogue import RESOLUTIONS, WINDOW_END, named
 from streams.history.remote_write import Series
+from streams.windows import finite_or_none, or_minus_inf
 
 EVENT_TIME_PREFIX = "messaging_eventtime_"
 # the sample's timestamp says where the window ends: no series for it
@@ -37,10 +38,6 @@ _WINDOW_ENDS = frozenset(named(WINDOW_END, resolution) for resolution in RESOLUT
 
 Labels = tuple[tuple[str, str], ...]
 WindowKey = tuple[str, int, int]  # resolution, start, end
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def event_time_name(name: str) -> str:
@@ -127,9 +124,9 @@ class Assembly:
         through = self.closed_through
         keys = sorted((k for k in self.pending if k[2] <= through),
                       key=lambda k: (k[2], RESOLUTIONS.index(k[0])))
-        windows = [AssembledWindow(resolution, start, end, tuple(sorted(self.pending[key])),
+        windows = [AssembledWindow(*key, tuple(sorted(self.pending[key])),
                                    summed(self.pending[key]))
-                   for key in keys for resolution, start, end in [key]]
+                   for key in keys]
         return windows, through
 
     def written(self, windows: list[AssembledWindow], through: float) -> None:
@@ -144,7 +141,7 @@ class Assembly:
         owner's progress (a restart must not wait for an owner to pass again what it
         had passed: an owner restored from an older state re-sends a lower one)."""
         return orjson.dumps({
-            "written_through": _finite_or_none(self.written_through),
+            "written_through": finite_or_none(self.written_through),
             "progress": {str(owner): value for owner, value in self.progress.items()},
         }).decode()
 
@@ -159,7 +156,7 @@ class Assembly:
                         for owner, value in data.get("progress", {}).items()}
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
             return cls(owners)
-        return cls(owners, -math.inf if written is None else float(written), progress)
+        return cls(owners, or_minus_inf(written), progress)
 
     def commit_point(self, position: int) -> int:
         """Where a restart must read from (with ``written_through`` beside it): the

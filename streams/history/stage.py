@@ -132,7 +132,7 @@ class HistoryStage:
                 # and it is all read again after a restart anyway. (Polling goes on, so
                 # the group keeps this member.)
                 assigned = self._consumer.assignment()
-                if time.monotonic() < self._retry_at:
+                if self._waiting_to_retry():
                     self._consumer.pause(*assigned)
                 else:
                     self._consumer.resume(*assigned)
@@ -182,7 +182,7 @@ class HistoryStage:
 
     async def _flush(self) -> None:
         """Write what is complete (unless waiting to retry), then commit behind it."""
-        if time.monotonic() < self._retry_at:
+        if self._waiting_to_retry():
             return
         for partition, assembly in list(self.assemblies.items()):
             windows, through = assembly.complete()
@@ -192,19 +192,21 @@ class HistoryStage:
                 assembly.written(windows, through)
             await self._commit(partition, assembly)
 
+    def _waiting_to_retry(self) -> bool:
+        return time.monotonic() < self._retry_at
+
     async def _write(self, windows: list[AssembledWindow]) -> bool:
         """True once Prometheus has them (or has refused them for good)."""
         chunk: list[AssembledWindow] = []
         size = 0
-        for window in [*windows, None]:
-            if window is not None and size + len(window.values) <= MAX_SERIES_PER_WRITE:
-                chunk.append(window)
-                size += len(window.values)
-                continue
-            if chunk and not await self._write_chunk(chunk):
-                return False
-            chunk, size = ([window], len(window.values)) if window is not None else ([], 0)
-        return True
+        for window in windows:
+            if chunk and size + len(window.values) > MAX_SERIES_PER_WRITE:
+                if not await self._write_chunk(chunk):
+                    return False
+                chunk, size = [], 0
+            chunk.append(window)
+            size += len(window.values)
+        return not chunk or await self._write_chunk(chunk)
 
     async def _write_chunk(self, windows: list[AssembledWindow]) -> bool:
         try:
@@ -290,13 +292,12 @@ class HistoryStage:
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         for tp in partitions:
-            assembly = self.assemblies.pop(tp.partition, None)
-            self._committed.pop(tp.partition, None)
-            if assembly is not None and self._consumer is not None:
+            assembly = self.assemblies.get(tp.partition)
+            if assembly is not None:  # still assigned while the listener runs
                 with contextlib.suppress(Exception):
-                    await self._consumer.commit({tp: (
-                        assembly.commit_point(await self._consumer.position(tp)),
-                        assembly.metadata())})
+                    await self._commit(tp.partition, assembly)
+            self.assemblies.pop(tp.partition, None)
+            self._committed.pop(tp.partition, None)
 
     async def stop(self) -> None:
         self._stopping.set()

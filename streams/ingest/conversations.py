@@ -52,6 +52,9 @@ from streams.windows import PartitionClock
 # Per-sender activity counters, in this order (the risk stage's input).
 SENT_MESSAGES, REPORTS_RECEIVED, INMAILS_SENT = range(3)
 HOUR, DAY = 3600, 86_400  # cohorts: replies by the start's hour, InMail by its day
+# Events counted without their conversation: not looking it up spares a store read (a
+# miss in the cache goes to disk) for two in five events.
+_WITHOUT_CONVERSATION = frozenset({"message_read", "member_blocked"})
 
 
 @dataclass(slots=True)
@@ -164,21 +167,22 @@ class PartitionCore:
         event_id = event.event_id
         self.event_ids[event_id] = ts
         batch.event_ids.append((event_id, ts))
-        conversation_id = event.conversation_id
-        conversation = self.conversations.get(conversation_id)
-        if (
-            conversation is not None
-            and conversation.started_at < ts - self.conversation_ttl
-            and (conversation.channel != "inmail"
-                 or conversation.started_at < ts - self.inmail_ttl)
-        ):
-            conversation = None  # past its TTL: forgotten, whether or not expire() ran
+        kind = event.kind
+        conversation: Conversation | None = None
+        if kind not in _WITHOUT_CONVERSATION:
+            conversation = self.conversations.get(event.conversation_id)
+            if (
+                conversation is not None
+                and conversation.started_at < ts - self.conversation_ttl
+                and (conversation.channel != "inmail"
+                     or conversation.started_at < ts - self.inmail_ttl)
+            ):
+                conversation = None  # past its TTL: forgotten, whether or not expire() ran
         counts: Partial | None = None
         if not late:
             counts = batch.counts.get(start)
             if counts is None:
                 counts = batch.counts[start] = {}
-        kind = event.kind
         if kind == "message_sent":
             self._add_message(event, ts, start, conversation, counts, batch)  # type: ignore[arg-type]
         elif kind == "inmail_answered":

@@ -315,8 +315,12 @@ class Worker:
 
         class MetricsView(View):
             async def get(self, request: Request) -> Response:
+                # ?name[]=...: only those families, as prometheus_client's own server
+                # does; a poll for one counter need not render the whole catalogue
+                names = request.query.getall("name[]", [])
+                source = registry.restricted_registry(names) if names else registry
                 # aiohttp wants the charset apart from the content type
-                return self.bytes(generate_latest(registry), content_type=_CONTENT_TYPE)
+                return self.bytes(generate_latest(source), content_type=_CONTENT_TYPE)
 
         return MetricsView
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -81,8 +82,10 @@ class WorkerProcess:
         except OSError:
             return False
 
-    def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as response:
+    def scrape(self, *names: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """Every sample on /metrics, or only those of the families ``names``."""
+        query = "?" + urllib.parse.urlencode([("name[]", n) for n in names]) if names else ""
+        with urllib.request.urlopen(self.url + "/metrics" + query, timeout=5) as response:
             text = response.read().decode()
         return {
             (sample.name, frozenset(sample.labels.items())): sample.value

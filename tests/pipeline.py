@@ -258,7 +258,8 @@ def assert_windows_equal_recount(
 
 def processed_total(*workers: WorkerProcess) -> float:
     return sum(
-        value for worker in workers for (name, _), value in worker.scrape().items()
+        value for worker in workers
+        for (name, _), value in worker.scrape("messaging_events_processed_total").items()
         if name == "messaging_events_processed_total"
     )
 

@@ -110,7 +110,11 @@ def test_windows_and_gauges_equal_an_independent_recount(
         expected_gauges = reference.samples(tallies[last], last + WINDOW)
         names = {name for name, _ in expected_gauges}
         scraped = last_window_gauges([worker], last + WINDOW)
-        assert_labels_are_enumerations(worker.scrape())
+        whole = worker.scrape()
+        assert_labels_are_enumerations(whole)
+        only = worker.scrape("messaging_events_processed_total")  # ?name[]=: that family
+        assert {name for name, _ in only} == {"messaging_events_processed_total"}
+        assert only == {k: v for k, v in whole.items() if k in only}
         gauges = {k: v for k, v in scraped.items() if k[0] in names}
         assert gauges == expected_gauges
 

@@ -218,9 +218,10 @@ class StoredInmail:
         self._fresh.discard(sender, due)
 
     def items(self) -> Iterator[tuple[str, Buckets]]:
-        """Committed values (a restore's, an upgrade's), each read again: staged writes
-        win."""
-        for key, _ in self.store.items(_VALUE):
+        """Every sender's value, staged writes included (an upgrade writes them all)."""
+        staged = set(self.store.staged_keys(_VALUE))
+        keys = [key for key, _ in self.store.items(_VALUE) if key not in staged]
+        for key in [*keys, *sorted(staged)]:
             sender = key[len(_VALUE):].decode()
             value = self.get(sender)
             if value is not None:

@@ -115,6 +115,11 @@ class PartitionStore:
         are not seen: read them with :meth:`get`)."""
         return self._scan(_DATA + prefix, _DATA + prefix)
 
+    def staged_keys(self, prefix: bytes) -> list[bytes]:
+        """The keys with ``prefix`` staged and not committed yet (written or deleted)."""
+        cut, prefix = len(_DATA), _DATA + prefix
+        return [key[cut:] for key in self._pending if key.startswith(prefix)]
+
     def index(self, prefix: bytes, start: bytes = b"") -> Iterator[bytes]:
         """Committed secondary keys with ``prefix``, in order, from ``prefix + start``."""
         for key, _ in self._scan(_INDEX + prefix, _INDEX + prefix + start):

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from aiokafka.structs import TopicPartition
 
+from streams.risk.changelog import SNAPSHOT_KEY, decode_history, history_expiry
 from streams.risk.rules import Flag, RiskRules, RiskState
 from streams.risk.stage import RiskPartition, RiskStage
 from streams.settings import Settings
@@ -282,4 +283,108 @@ def test_restores_from_the_changelog_end_in_the_live_state_and_judge_the_same(
     tombstones = [key for _, key, value in run.log if value is None]
     assert any(key.startswith(b"\x00inmail:") for key in tombstones)  # records expired
     assert any(key.startswith(b"\x00window:") for key in tombstones)  # windows closed
+    # the changelog stays bounded: a record whose recruiters are all past the horizon is
+    # tombstoned (by the next batch), rebuilds and crashes notwithstanding
+    run.batch([{"kind": "activity", "source": 0, "offset": 0, "windows": {}}])
+    oldest = run.part.state.inmail_oldest
+    alive = [history_expiry(decode_history(value), BUCKET) for _, key, value in run.compacted()
+             if key.startswith(b"\x00inmail:")]
+    assert oldest is not None and alive and min(alive) > oldest
+    run.part.store.close()
+
+
+def _mark(watermark: float) -> dict[str, Any]:
+    return {"kind": "mark", "source": 0, "sources": 1, "watermark": watermark,
+            "max_ts": watermark, "idle": False}
+
+
+def test_an_earlier_versions_snapshot_is_read_back_then_tombstoned(tmp_path: Path) -> None:
+    """Earlier versions wrote the whole state as one ``snapshot`` record per batch. It
+    is read back (also after a crash before the first batch: the store is not
+    checkpointed past it meanwhile); the first batch writes the state as this version's
+    records and tombstones the snapshot; restores after that, with the snapshot still
+    in the changelog before its tombstone or compacted away, give the same state; and
+    the flags of the whole run are the eager rules' own."""
+    records = activity_stream(seed=3, steps=1_500)
+    oracle = EagerRiskState(RULES)
+    expected = [flag for record in records for flag in oracle.apply(record)]
+    before, after = records[:1_000], records[1_000:]
+    earlier = RiskState(0, SIZE, RULES)  # its dumps(): the snapshot earlier versions wrote
+    run = _Run(tmp_path)
+    flags: list[Flag] = []
+    for i in range(0, len(before), 50):
+        for record in before[i:i + 50]:
+            flags.extend(earlier.apply(record))
+        run.log.append((len(run.log), SNAPSHOT_KEY, earlier.dumps()))
+    snapshot = orjson.loads(earlier.dumps())
+    assert snapshot["inmail"] and snapshot["windows"]
+    run.part, reason = run.restart("tail", compact=False)
+    assert reason == "empty" and _state(run.part) == snapshot
+    run.part, reason = run.restart("tail", compact=True)  # a crash before the first batch
+    assert reason == "no checkpoint" and _state(run.part) == snapshot
+    flags.extend(run.batch(after[:1]))
+    assert run.log[-1][1:] == (SNAPSHOT_KEY, None)
+    live = _state(run.part)
+    assert len(live["inmail"]) > 5
+    for how, compact in (("empty", False), ("empty", True), ("tail", False)):
+        run.part, _ = run.restart(how, compact)
+        assert _state(run.part) == live, (how, compact)
+    for i in range(1, len(after), 25):
+        flags.extend(run.batch(after[i:i + 25]))
+    assert flags == expected
+    assert sum(key == SNAPSHOT_KEY for _, key, _ in run.log) == len(before) // 50 + 1
+    run.part.store.close()
+
+
+def test_large_batches_are_split_into_records_below_the_brokers_limit(tmp_path: Path) -> None:
+    """12,000 recruiters whose ids JSON escapes (six bytes a character) in one window:
+    its increments and, once it closes, their histories go in several records, each
+    under 1 MiB (``_Run.batch`` checks every one), which restore the same state."""
+    run = _Run(tmp_path)
+    odd = "\x01" * 40
+    names = [f"r{i}{odd}" for i in range(12_000)]
+    day = T0 - T0 % BUCKET
+    run.batch([{"kind": "activity", "source": 0, "offset": 0,
+                "windows": {str(T0): {name: [1, 0, 2] for name in names}},
+                "inmail_responses": {str(T0): {name: {str(day - BUCKET): 1, str(day): 1}
+                                               for name in names}}}])
+    windows = [key for _, key, value in run.log if key.startswith(b"\x00window:") and value]
+    assert len(windows) > 3
+    run.batch([_mark(T0 + SIZE)])
+    histories = [key for _, key, value in run.log if key.startswith(b"\x00inmail:") and value]
+    assert len(histories) > 3
+    tombstones = {key for _, key, value in run.log if value is None}
+    assert set(windows) <= tombstones  # the closed window's records
+    assert run.part.state.history.get(names[7]) == {day - BUCKET: [0, 1], day: [2, 1]}
+    live = _state(run.part)
+    run.part, reason = run.restart("empty", compact=True)
+    assert reason == "empty" and _state(run.part) == live
+    run.part.store.close()
+
+
+def test_a_rebuild_does_not_bring_back_recruiters_the_live_stage_forgot(tmp_path: Path) -> None:
+    """A's history and B's share a record (both changed at one close), A's newest bucket
+    older than B's. Once A is past the horizon the live stage forgets it, but the record
+    lives on for B: a rebuild from the changelog reads A back, and must forget it too."""
+    run = _Run(tmp_path)
+    b0 = 1_790_000_400  # a bucket's start
+    w1, w2, w3 = b0, b0 + 2 * BUCKET, b0 + 4 * BUCKET
+    run.batch([{"kind": "activity", "source": 0, "offset": 0,
+                "windows": {str(w1): {"A": [1, 0, 1]}}}, _mark(w1 + SIZE)])
+    run.batch([{"kind": "activity", "source": 0, "offset": 1,
+                "windows": {str(w2): {"B": [1, 0, 1]}},
+                "inmail_responses": {str(w2): {"A": {str(b0): 1}}}}, _mark(w2 + SIZE)])
+    shared = [key for _, key, value in run.log if value and key.startswith(b"\x00inmail:")
+              and b'"A"' in value and b'"B"' in value]
+    assert len(shared) == 1
+    run.batch([{"kind": "activity", "source": 0, "offset": 2,
+                "windows": {str(w3): {"C": [1, 0, 0]}}}, _mark(w3 + SIZE)])
+    history = run.part.state.history
+    assert history.get("A") is None and history.get("B") == {w2: [1, 0]}
+    assert shared[0] in {key for _, key, _ in run.compacted()}  # alive: B is remembered
+    live = _state(run.part)
+    for how, compact in (("empty", True), ("empty", False), ("garbled", True)):
+        run.part, _ = run.restart(how, compact)
+        assert run.part.state.history.get("A") is None
+        assert _state(run.part) == live
     run.part.store.close()

@@ -15,6 +15,12 @@ window and, when the watermark closes a window, applies the rules:
 
 Each flag is emitted once per rule, sender and window, with its evidence; the window's
 counts of flagged senders by rule feed the ``messaging_flagged_senders`` gauge.
+
+The open windows are in memory; recruiters' InMail history is an
+:class:`~streams.risk.inmail.InmailHistory`, in memory (the replay, tests) or on disk
+(the stage), judged the same either way. When the stage asks (:attr:`RiskState.increments`)
+the state also keeps what the records applied added to the open windows, and which
+windows closed, for its per-batch changelog records (:mod:`streams.risk.changelog`).
 """
 
 from __future__ import annotations

@@ -52,7 +52,9 @@ from streams.store.records import RecordLives
 log = logging.getLogger(__name__)
 
 STORE_LAYOUT = b"risk-1"  # histories "h", due index "n", window records and header as written
-STORE_COMMIT_RECORDS = 5_000  # a full restore writes the store in slices of this many
+# a full restore writes the store in slices of this many records (a history record holds
+# up to a few thousand recruiters: staged writes of ~25 MiB at most)
+STORE_COMMIT_RECORDS = 200
 # The worker's process already holds the ingest stores' RocksDB budget (8 MiB memtables
 # and block cache per events partition). The risk stores see a few writes per window
 # close and reads of the senders active in a window: small buffers are plenty, and keep

@@ -259,7 +259,7 @@ class Worker:
                 self._progress.pop(tp.partition, None)
 
     def _window_owners(self) -> list[WindowOwner]:
-        return [*self._owned_states(), *self.risk.partitions.values()]
+        return [*self._owned_states(), *(p.state for p in self.risk.partitions.values())]
 
     def _assigned_partials(self) -> list[int]:
         assigned = self.app.consumer.assignment() if self.app.consumer else set()

@@ -168,8 +168,9 @@ class Settings(BaseSettings):
         "newest event time (timestamp_too_far_ahead): one bad clock cannot close every window.",
     )
     state_dir: Path | None = Field(
-        default=None, description="Where the ingest keeps its conversations on disk "
-        "(RocksDB, a directory per worker and partition) with a local checkpoint, so that a "
+        default=None, description="Where the ingest keeps its conversations and the risk "
+        "stage its recruiters' InMail history on disk (RocksDB, a directory per worker, "
+        "stage and partition) with a local checkpoint, so that a "
         "restart on the same disk reads only the changelog's tail. Give each worker its "
         "own, on a persistent disk. Unset: a temporary directory, removed when the worker "
         "stops (a restart then reads its whole changelog back).",

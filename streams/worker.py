@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def run_worker(settings: Settings) -> int:
     if settings.state_dir is not None:
         return _run_worker(settings)
-    # no STATE_DIR: the ingest's store lives as long as this process
+    # no STATE_DIR: the stages' stores live as long as this process
     with tempfile.TemporaryDirectory(prefix="messaging-metrics-state-") as state_dir:
         return _run_worker(settings.model_copy(update={"state_dir": Path(state_dir)}),
                            temporary_state=Path(state_dir))

@@ -3,14 +3,26 @@
 It reads ``messaging.sender-activity`` (the ingest writes each batch's per-sender
 counts to the partition of each sender, plus watermark marks), keeps one
 :class:`~streams.risk.rules.RiskState` per partition and, in the same transaction as its
-input offsets, publishes every flag to ``messaging.risk.flagged-senders`` and a
-snapshot of the partition's state to a compacted changelog.
+input offsets, publishes every flag to ``messaging.risk.flagged-senders`` and what the
+batch changed in the partition's state to a compacted changelog
+(:mod:`streams.risk.changelog`): the recruiters whose InMail history changed, what it
+added to the open windows, and a small header.
+
+Recruiters' 14-day InMail history (it grows with the senders) lives on disk
+(:class:`~streams.store.partition_store.PartitionStore`, one per partition under
+``STATE_DIR/<APP_ID>/<WORKER_ID>/risk/<partition>``) and is read only when a window
+closes, for the senders active in it; the open windows stay in memory (bounded by the
+windows still open). After each committed transaction its changelog records are written
+to the store with the changelog offset they reach, so a restart on the same disk reads
+only the changelog's tail; a store that is missing, older than the changelog, of another
+layout or corrupt is rebuilt from the whole changelog.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -19,20 +31,61 @@ from aiokafka.structs import TopicPartition
 from streams.kafka.io import BatchWriter
 from streams.kafka.outage import OutageReport
 from streams.kafka.stage import TransactionalStage
-from streams.risk.rules import RiskRules, RiskState
+from streams.risk.changelog import (
+    HEADER_KEY,
+    INMAIL_PREFIX,
+    SNAPSHOT_KEY,
+    WINDOW_PREFIX,
+    decode_history,
+    decode_window,
+    history_expiry,
+    history_records,
+    window_of,
+    window_records,
+)
+from streams.risk.inmail import InmailHistory, StoredInmail
+from streams.risk.rules import Increments, RiskRules, RiskState, add_counts, add_responses
 from streams.settings import Settings
+from streams.store.partition_store import PartitionStore
+from streams.store.records import RecordLives
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_KEY = b"snapshot"
+STORE_LAYOUT = b"risk-1"  # histories "h", due index "n", window records and header as written
+# a full restore writes the store in slices of this many records (a history record holds
+# up to a few thousand recruiters: staged writes of ~25 MiB at most)
+STORE_COMMIT_RECORDS = 200
+# The worker's process already holds the ingest stores' RocksDB budget (8 MiB memtables
+# and block cache per events partition). The risk stores see a few writes per window
+# close and reads of the senders active in a window: small buffers are plenty, and keep
+# the activity partitions from adding the ingest's memory again.
+STORE_BUFFER_BYTES = 2 << 20
 
 
-class RiskStage(TransactionalStage[RiskState]):
+@dataclass(slots=True)
+class RiskPartition:
+    state: RiskState
+    store: PartitionStore
+    table: StoredInmail
+    lives: RecordLives
+    window_keys: dict[int, list[bytes]] = field(default_factory=dict)  # records of open windows
+    # read back from an earlier version's snapshot record: its open windows (the
+    # snapshot's own: window records are not added to them) until the first batch writes
+    # the whole state as this version's records and tombstones the snapshot
+    upgrading: tuple[dict[int, Any], dict[int, Any]] | None = None
+    restoring: int = 0  # changelog records read back and not yet written to the store
+    restored_through: int | None = None  # the offset of the last of them
+
+
+class RiskStage(TransactionalStage[RiskPartition]):
     name = "risk"
 
     def __init__(
         self, settings: Settings, on_outage: Callable[[OutageReport], object] | None = None
     ) -> None:
+        if settings.state_dir is None:
+            raise ValueError("the risk stage needs STATE_DIR (the worker sets a temporary one)")
+        self.state_path = settings.state_dir / settings.app_id / settings.worker_id / "risk"
         super().__init__(
             settings, settings.activity_topic, settings.risk_state_topic, max_batch=500,
             on_outage=on_outage,
@@ -40,19 +93,159 @@ class RiskStage(TransactionalStage[RiskState]):
         self.rules = RiskRules.from_settings(settings)
         self.flags_published = 0
 
-    def new_state(self, partition: int) -> RiskState:
-        return RiskState(partition, self.settings.window_seconds, self.rules)
+    # --- state ----------------------------------------------------------------------------
+    def new_state(self, partition: int) -> RiskPartition:
+        store = PartitionStore(
+            self.state_path / str(partition), STORE_LAYOUT,
+            write_buffer_bytes=STORE_BUFFER_BYTES, block_cache_bytes=STORE_BUFFER_BYTES,
+        )
+        table = StoredInmail(store)
+        state = RiskState(partition, self.settings.window_seconds, self.rules,
+                          history=InmailHistory(table, self.rules.inmail_bucket))
+        return RiskPartition(state, store, table, RecordLives(store))
 
-    def restore_record(self, state: RiskState, key: bytes | None, value: bytes | None) -> None:
-        if key == SNAPSHOT_KEY and value is not None:
-            state.restore(value)  # compacted: the last snapshot wins
+    def restore_from(self, part: RiskPartition, beginning: int, end: int) -> int:
+        start = part.store.restore_from(beginning, end)
+        if part.store.rebuilt:
+            log.info("risk rebuilds its local state %s from the changelog: %s",
+                     part.store.path, part.store.rebuilt)
+        return start
 
+    def restore_message(self, part: RiskPartition, message: Any) -> None:
+        self.restore_record(part, message.key, message.value)
+        part.restoring += 1
+        part.restored_through = message.offset
+        if part.restoring >= STORE_COMMIT_RECORDS:
+            self._commit_restored(part, message.offset)
+
+    def _commit_restored(self, part: RiskPartition, offset: int | None) -> None:
+        # Not checkpointed past a snapshot before the first batch has written it as this
+        # version's records: a restart must read the snapshot again.
+        part.store.commit(None if part.upgrading is not None else offset)
+        part.table.committed()
+        part.restoring = 0
+
+    def restore_record(self, part: RiskPartition, key: bytes | None, value: bytes | None) -> None:
+        """A history record's tombstone needs nothing: every recruiter in it is past the
+        horizon, and :meth:`restored` forgets those."""
+        if key is None:
+            return
+        state, store = part.state, part.store
+        if key.startswith(INMAIL_PREFIX):
+            if value is not None:
+                changed = decode_history(value)
+                for sender, buckets in changed:
+                    state.history.restore(sender, buckets)
+                part.lives.track(key, history_expiry(changed, self.rules.inmail_bucket))
+        elif key.startswith(WINDOW_PREFIX) or key == HEADER_KEY:
+            store.stage(key, value)  # into memory by restored()
+        elif key == SNAPSHOT_KEY:
+            if value is None:  # the first batch after it wrote all it held: it is over
+                part.upgrading = None
+            else:
+                state.restore(value)
+                store.stage(HEADER_KEY, orjson.dumps(state.header()))
+                part.upgrading = (state.windows, state.responses)
+
+    def restored(self, part: RiskPartition) -> None:
+        """The store reflects the changelog: the header and the open windows come into
+        memory, the histories stay on disk. Then the recruiters past the horizon go, as
+        the live stage dropped them window by window: a record lives while anyone in it
+        does, so it can bring back recruiters (and older values) the live stage forgot."""
+        store, state = part.store, part.state
+        self._commit_restored(part, part.restored_through)
+        raw = store.get(HEADER_KEY)
+        if raw is not None:
+            state.restore_header(orjson.loads(raw))
+        state.windows, state.responses, part.window_keys = {}, {}, {}
+        if part.upgrading is not None:
+            state.windows, state.responses = part.upgrading
+        else:
+            for key, value in store.items(WINDOW_PREFIX):
+                start = window_of(key)
+                if start + state.window_size <= state.watermark.value:
+                    # closed: its tombstone was compacted away before this store read it
+                    # (a store older than the broker's delete.retention.ms)
+                    store.stage(key, None)
+                    continue
+                part.window_keys.setdefault(start, []).append(key)
+                added = decode_window(value)
+                if "activity" in added:
+                    window = state.windows.setdefault(start, {})
+                    for sender, counts in added["activity"].items():
+                        add_counts(window, sender, counts)
+                if "responses" in added:
+                    answered = state.responses.setdefault(start, {})
+                    for sender, buckets in added["responses"].items():
+                        add_responses(answered, sender, buckets)
+        oldest = state.inmail_oldest
+        if oldest is not None:
+            state.history.expire(oldest)
+        self._commit_restored(part, None)
+        self._track(part)
+
+    def _track(self, part: RiskPartition) -> None:
+        """From now on, the state keeps what each batch changes, for its records."""
+        part.state.increments = Increments()
+        part.state.history.changed = set()
+
+    def checkpoint(self, writer: BatchWriter) -> None:
+        for partition, part in self.partitions.items():
+            part.store.commit(writer.last_offset(self.state_topic, partition))
+            part.table.committed()
+
+    def close_state(self, part: RiskPartition) -> None:
+        part.store.close()
+
+    # --- one partition's batch --------------------------------------------------------
     async def process(
-        self, tp: TopicPartition, state: RiskState, messages: list[Any], writer: BatchWriter
+        self, tp: TopicPartition, part: RiskPartition, messages: list[Any], writer: BatchWriter
     ) -> None:
         topic = self.settings.flagged_topic
         for message in messages:
-            for flag in state.apply(orjson.loads(message.value)):
+            for flag in part.state.apply(orjson.loads(message.value)):
                 await writer.add(topic, 0, flag.sender_id.encode(), orjson.dumps(flag.record()))
                 self.flags_published += 1
-        await writer.add(self.state_topic, tp.partition, SNAPSHOT_KEY, state.dumps())
+        await self._write_changes(tp.partition, part, messages[-1].offset, writer)
+
+    async def _write_changes(
+        self, partition: int, part: RiskPartition, last_offset: int, writer: BatchWriter
+    ) -> None:
+        """The batch's changelog records, also staged in the store (committed with the
+        transaction's offset by :meth:`checkpoint`)."""
+        state, store, topic = part.state, part.store, self.state_topic
+        increments, changed = state.increments, state.history.changed
+        assert increments is not None and changed is not None  # restored() set them
+        self._track(part)
+        upgrading = part.upgrading is not None
+        if upgrading:  # everything, as this version writes it
+            changed |= {sender for sender, _ in state.history.items()}
+            increments.windows = dict(state.windows)
+            increments.responses = dict(state.responses)
+        values = [(s, v) for s in sorted(changed) if (v := state.history.get(s)) is not None]
+        for key, value, expires in history_records(values, last_offset, self.rules.inmail_bucket):
+            await writer.add(topic, partition, key, value)
+            part.lives.track(key, expires)
+        for start in increments.closed:
+            for key in part.window_keys.pop(start, ()):
+                await writer.add(topic, partition, key, None)
+                store.stage(key, None)
+        for start in sorted({*increments.windows, *increments.responses}):
+            for key, value in window_records(
+                start, increments.windows.get(start), increments.responses.get(start),
+                last_offset,
+            ):
+                await writer.add(topic, partition, key, value)
+                store.stage(key, value)
+                part.window_keys.setdefault(start, []).append(key)
+        header = orjson.dumps(state.header())
+        await writer.add(topic, partition, HEADER_KEY, header)
+        store.stage(HEADER_KEY, header)
+        oldest = state.inmail_oldest
+        if oldest is not None:
+            # a record is due once every recruiter in it is (expires <= oldest)
+            for key in list(part.lives.expired(oldest + 1)):
+                await writer.add(topic, partition, key, None)
+        if upgrading:
+            await writer.add(topic, partition, SNAPSHOT_KEY, None)
+            part.upgrading = None

@@ -53,9 +53,14 @@ class StoreLocked(Exception):
 class PartitionStore:
     """RocksDB with a stage's state, plus staged writes, a checkpoint and a layout."""
 
-    def __init__(self, path: Path, layout: bytes = b"1") -> None:
+    def __init__(
+        self, path: Path, layout: bytes = b"1", *, write_buffer_bytes: int = 8 << 20,
+        block_cache_bytes: int = 8 << 20,
+    ) -> None:
         self.path = path
         self.layout = layout
+        self.write_buffer_bytes = write_buffer_bytes  # per memtable; two of them at most
+        self.block_cache_bytes = block_cache_bytes
         self.rebuilt: str | None = None  # why the store was wiped on open, if it was
         self._pending: dict[bytes, bytes | None] = {}  # prefixed keys, data and index
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,8 +74,8 @@ class PartitionStore:
             self._db = self._open()
 
     def _open(self) -> Rdict:
-        # Memory per store is bounded: two 8 MiB memtables and an 8 MiB block cache (a
-        # worker has one store per events partition it owns). At 16 MiB each a worker of
+        # Memory per store is bounded: two memtables and a block cache, by default 8 MiB
+        # each (the ingest: a worker has one store per events partition it owns). At 16 MiB each a worker of
         # four partitions held 1116 MiB after 34M events (9.9M conversations), 957 with
         # 8, at the same events/s (bench --restart and the throughput bench). Bloom
         # filters, in the tables and (a tenth of its size) in the memtable, answer most
@@ -78,13 +83,13 @@ class PartitionStore:
         # search: a third off the time of a get, measured offline.
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
-        table.set_block_cache(Cache(8 << 20))
+        table.set_block_cache(Cache(self.block_cache_bytes))
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         options.set_paranoid_checks(True)
         options.set_max_open_files(256)
         options.set_block_based_table_factory(table)
-        options.set_write_buffer_size(8 << 20)
+        options.set_write_buffer_size(self.write_buffer_bytes)
         options.set_max_write_buffer_number(2)
         options.set_memtable_prefix_bloom_ratio(0.1)
         options.set_memtable_whole_key_filtering(True)
@@ -109,6 +114,11 @@ class PartitionStore:
         """Committed records whose key starts with ``prefix``, in key order (staged writes
         are not seen: read them with :meth:`get`)."""
         return self._scan(_DATA + prefix, _DATA + prefix)
+
+    def staged_keys(self, prefix: bytes) -> list[bytes]:
+        """The keys with ``prefix`` staged and not committed yet (written or deleted)."""
+        cut, prefix = len(_DATA), _DATA + prefix
+        return [key[cut:] for key in self._pending if key.startswith(prefix)]
 
     def index(self, prefix: bytes, start: bytes = b"") -> Iterator[bytes]:
         """Committed secondary keys with ``prefix``, in order, from ``prefix + start``."""

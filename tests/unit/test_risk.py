@@ -91,9 +91,9 @@ def test_a_response_counts_for_its_inmails_send_day_once_its_window_closes() -> 
     state.apply(mark(T0 + 60))
     # three responses to day-0 InMails, in a window without other activity of the sender
     state.apply(activity(T0 + 3 * DAY, {}, {"r": {BUCKET0: 3}}))
-    assert state.inmail["r"][BUCKET0] == [20, 0]  # not before its window closes
+    assert state.history.get("r")[BUCKET0] == [20, 0]  # not before its window closes
     state.apply(mark(T0 + 3 * DAY + 60))
-    assert state.inmail["r"][BUCKET0] == [20, 3]
+    assert state.history.get("r")[BUCKET0] == [20, 3]
     state.apply(activity(T0 + 3 * DAY + 60, {"r": [0, 0, 0]}))
     restored = RiskState(0, 60, RULES)
     restored.restore(state.dumps())

@@ -339,7 +339,8 @@ async def _explain(settings: Settings, host: str, port: int,
     if not isinstance(exc, KafkaConnectionError | ConnectionError):
         return None
     if "SSL" in protocol:  # TLS 1.3: a client certificate is refused after the handshake
-        refusal = await _tls_refusal(host, port, settings.kafka_client_options()["ssl_context"])
+        refusal = await _tls_refusal(host, port, settings.kafka_client_options()["ssl_context"],
+                                     settings.kafka_ssl_certfile is not None)
         if refusal is not None:
             return KafkaAccessError(f"{where} {refusal}")
     elif await _speaks_tls(host, port):
@@ -363,9 +364,17 @@ _CLIENT_CERTIFICATE_REFUSALS = {
 }
 
 
-async def _tls_refusal(host: str, port: int, context: ssl.SSLContext) -> str | None:
+_NO_CERTIFICATE_REFUSALS = {"TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_BAD_CERTIFICATE"}
+
+
+async def _tls_refusal(
+    host: str, port: int, context: ssl.SSLContext, sends_certificate: bool
+) -> str | None:
     """What the broker says of this client's certificate: under TLS 1.3 its refusal comes
-    as an alert after the handshake, and aiokafka reports it as a closed connection."""
+    as an alert after the handshake, and aiokafka reports it as a closed connection. A
+    JDK refuses an empty certificate chain with ``certificate_required`` or with
+    ``bad_certificate`` (17.0.15 does the latter), so without a certificate of ours
+    either means that one is required."""
     try:
         async with asyncio.timeout(5):
             reader, writer = await asyncio.open_connection(host, port, ssl=context)
@@ -376,6 +385,8 @@ async def _tls_refusal(host: str, port: int, context: ssl.SSLContext) -> str | N
             await reader.read(1)  # the broker speaks only when spoken to, or alerts
     except ssl.SSLError as exc:
         reason = exc.reason or str(exc)
+        if not sends_certificate and reason in _NO_CERTIFICATE_REFUSALS:
+            reason = "TLSV13_ALERT_CERTIFICATE_REQUIRED"
         return _CLIENT_CERTIFICATE_REFUSALS.get(reason, f"ended the TLS session ({reason})")
     except (OSError, TimeoutError):
         pass

@@ -17,7 +17,7 @@ from streams.kafka.io import ensure_topics
 from streams.settings import Settings
 from tests.harness import WorkerProcess, wait_until
 from tests.integration.test_reliability import PacedProducer, check_run
-from tests.pipeline import encoded, simulated
+from tests.pipeline import LOW_RISK_THRESHOLDS, encoded, simulated
 
 EVENTS = 90_000  # 90 one-minute windows of event time
 RATE = 4500  # events per wall second: a 20-second run
@@ -47,6 +47,8 @@ class FaultRun:
 
     def __post_init__(self) -> None:
         print(f"FAULT_SEED={self.seed}")
+        # flags of every rule, compared with the recount across the fault
+        self.settings = self.settings.model_copy(update=LOW_RISK_THRESHOLDS)
         self.rng = random.Random(self.seed)
         asyncio.run(ensure_topics(self.settings))
         self.events: list[dict[str, Any]] = simulated(EVENTS, seed=self.seed % 1000)

@@ -87,6 +87,28 @@ def sum_owners(
     return dict(total)
 
 
+# Risk thresholds low enough that a short run raises flags of every rule, so that the
+# tests compare flags, not empty sets.
+LOW_RISK_THRESHOLDS = {
+    "risk_velocity_messages": 4, "risk_spam_reports": 1, "risk_inmail_min_sent": 3,
+    "risk_inmail_min_response_rate": 0.5, "risk_inmail_horizon_seconds": 600,
+    "risk_inmail_bucket_seconds": 120,
+}
+
+
+def expected_flags(
+    settings: Settings, partitions: dict[int, list[Any]]
+) -> set[tuple[str, str, int]]:
+    """The independent recount of every flag the settings' risk rules should raise."""
+    return reference.recount_flags(
+        partitions, settings.window_seconds, velocity=settings.risk_velocity_messages,
+        reports=settings.risk_spam_reports, inmail_min=settings.risk_inmail_min_sent,
+        inmail_rate=settings.risk_inmail_min_response_rate,
+        horizon=settings.risk_inmail_horizon_seconds, bucket=settings.risk_inmail_bucket_seconds,
+        response_horizon=settings.inmail_response_horizon_seconds,
+    )
+
+
 def stored_events(settings: Settings, wanted: list[dict[str, Any]]) -> dict[int, list[Any]]:
     """The wanted events as the events topic holds them: per partition, in offset order.
 

@@ -21,10 +21,12 @@ from streams.settings import Settings
 from tests import reference
 from tests.harness import WorkerProcess, read_topic, wait_until
 from tests.pipeline import (
+    LOW_RISK_THRESHOLDS,
     START_TS,
     assert_labels_are_enumerations,
     assert_windows_equal_recount,
     closed_windows,
+    expected_flags,
     last_window_gauges,
     processed_total,
     produce,
@@ -71,17 +73,12 @@ def mixed(events: list[dict[str, Any]], bad: list[tuple[bytes, str]]) -> list[tu
     return out
 
 
-RISK = {  # low thresholds, so that a short run raises flags of every rule
-    "risk_velocity_messages": 4, "risk_spam_reports": 1, "risk_inmail_min_sent": 3,
-    "risk_inmail_min_response_rate": 0.5, "risk_inmail_horizon_seconds": 600,
-    "risk_inmail_bucket_seconds": 120,
-}
 
 
 def test_windows_and_gauges_equal_an_independent_recount(
     base_settings: Settings, tmp_path
 ) -> None:
-    settings = base_settings.model_copy(update=RISK)
+    settings = base_settings.model_copy(update=LOW_RISK_THRESHOLDS)
     events = simulated(EVENTS, seed=7)
     bad = malformed_messages(100)
     records = mixed(events, bad)
@@ -119,24 +116,21 @@ def test_windows_and_gauges_equal_an_independent_recount(
         assert gauges == expected_gauges
 
         # --- risk: every flag, once, and the flagged-senders gauge -------------------
-        expected_flags = reference.recount_flags(
-            partitions, WINDOW, velocity=4, reports=1, inmail_min=3, inmail_rate=0.5,
-            horizon=600, bucket=120,
-        )
+        expected = expected_flags(settings, partitions)
         replayed = replay((value for _, value in records), settings)
 
-        assert {rule for rule, _, _ in expected_flags} == {
+        assert {rule for rule, _, _ in expected} == {
             "velocity", "spam_reports", "inmail_response"
         }
         flag_records = [orjson.loads(m.value) for m in read_topic(settings, settings.flagged_topic)]
         published = [(r["rule"], r["sender_id"], r["window_start"]) for r in flag_records]
         assert len(published) == len(set(published)), "a flag was published twice"
-        assert set(published) == expected_flags
+        assert set(published) == expected
         flagged_gauge = {
             dict(labels)["reason"]: v for (name, labels), v in scraped.items()
             if name == "messaging_flagged_senders"
         }
-        last_flags = Counter(rule for rule, _, start in expected_flags if start == last)
+        last_flags = Counter(rule for rule, _, start in expected if start == last)
         assert flagged_gauge == {r: last_flags.get(r, 0) for r in flagged_gauge}
         assert set(flagged_gauge) == {"velocity", "spam_reports", "inmail_response"}
 

@@ -26,9 +26,11 @@ from streams.settings import Settings
 from tests import reference
 from tests.harness import WorkerProcess, read_topic, wait_until
 from tests.pipeline import (
+    LOW_RISK_THRESHOLDS,
     assert_windows_equal_recount,
     closed_windows,
     encoded,
+    expected_flags,
     last_window_gauges,
     processed_total,
     produce,
@@ -40,6 +42,13 @@ from tests.pipeline import (
 pytestmark = pytest.mark.integration
 
 WINDOW = 60
+
+
+@pytest.fixture
+def settings(base_settings: Settings) -> Settings:
+    """Risk thresholds that flag senders of every rule, so that each run's flags are
+    compared with the recount across the crashes."""
+    return base_settings.model_copy(update=LOW_RISK_THRESHOLDS)
 
 
 class PacedProducer(threading.Thread):
@@ -78,12 +87,16 @@ class PacedProducer(threading.Thread):
 def check_run(settings: Settings, events: list[dict[str, Any]], workers: list[WorkerProcess],
               crashed: bool) -> dict[int, Any]:
     """Windows, flags and the last gauges equal the recount; return the tallies."""
-    tallies = reference.recount(stored_events(settings, events), WINDOW)
+    partitions = stored_events(settings, events)
+    tallies = reference.recount(partitions, WINDOW)
     by_window = closed_windows(settings, tallies, WINDOW, timeout=120, crashed=crashed)
     assert_windows_equal_recount(by_window, tallies, WINDOW)
     flags = [orjson.loads(m.value) for m in read_topic(settings, settings.flagged_topic)]
     keys = [(f["rule"], f["sender_id"], f["window_start"]) for f in flags]
     assert len(keys) == len(set(keys)), "a flag was published twice"
+    expected = expected_flags(settings, partitions)
+    missing, extra = expected - set(keys), set(keys) - expected
+    assert not missing and not extra, f"flags missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}"
     last = max(tallies)
     gauges = last_window_gauges(workers, last + WINDOW)
     expected = reference.samples(tallies[last], last + WINDOW)
@@ -192,8 +205,8 @@ def test_kill_minus_9_at_random_points_loses_and_doubles_nothing(
 
 
 # --- the ingest's local store: kept, missing, corrupt --------------------------------------
-def _restored_records(log: Path) -> list[int]:
-    return [int(m) for m in re.findall(r"ingest restored partitions \[[\d, ]*\] from (\d+) "
+def _restored_records(log: Path, stage: str = "ingest") -> list[int]:
+    return [int(m) for m in re.findall(rf"{stage} restored partitions \[[\d, ]*\] from (\d+) "
                                        r"changelog records", log.read_text())]
 
 
@@ -202,41 +215,48 @@ def test_restart_on_the_local_store_or_without_it_stays_exact(
     settings: Settings, tmp_path, store: str
 ) -> None:
     """kill -9, then a restart on the same disk (only the changelog's tail is read back),
-    with the store gone (a new machine), or with its files garbled: each restart ends
-    exact, and the last two say they rebuilt the store from the whole changelog."""
+    with the stores gone (a new machine), or with their files garbled: each restart ends
+    exact, and the last two say they rebuilt every store, the ingest's and the risk
+    stage's, from the whole changelog."""
     asyncio.run(ensure_topics(settings))
     events = simulated(30_000, seed=66)
     first, second = map(encoded, split_at_windows(events, 2, WINDOW))
+    stages = {  # stage: (its changelog, its partitions)
+        "ingest": (settings.ingest_state_topic, settings.events_partitions),
+        "risk": (settings.risk_state_topic, settings.activity_partitions),
+    }
     worker = WorkerProcess(settings, tmp_path / "worker-0.log").start()
     try:
         produce(settings, first)
         wait_until(lambda: processed_total(worker) >= len(first), 60, "the first half")
         worker.kill()
-        at_kill = len(read_topic(settings, settings.ingest_state_topic))
-        stores = sorted((tmp_path / "state").glob("*/*/ingest/*"))
-        assert len(stores) == settings.events_partitions, stores
-        if store == "missing":
+        at_kill = {stage: len(read_topic(settings, topic)) for stage, (topic, _) in stages.items()}
+        for stage, (_, partitions) in stages.items():
+            stores = sorted((tmp_path / "state").glob(f"*/*/{stage}/*"))
+            assert len(stores) == partitions, stores
             for path in stores:
-                shutil.rmtree(path)
-        elif store == "corrupt":
-            for path in stores:
-                for name in ("CURRENT", *(f.name for f in path.glob("MANIFEST-*"))):
-                    (path / name).write_bytes(b"\x00garbled\x00" * 8)
+                if store == "missing":
+                    shutil.rmtree(path)
+                elif store == "corrupt":
+                    for name in ("CURRENT", *(f.name for f in path.glob("MANIFEST-*"))):
+                        (path / name).write_bytes(b"\x00garbled\x00" * 8)
         log = tmp_path / "worker-1.log"
         worker = WorkerProcess(settings, log).start()
         produce(settings, second)
         check_run(settings, events, [worker], crashed=True)
-        state_records = len(read_topic(settings, settings.ingest_state_topic))
-        restored = sum(_restored_records(log))
-        rebuilt = log.read_text().count("ingest rebuilds its local state")
-        if store == "kept":
-            assert rebuilt == 0
-            assert restored < state_records / 10, (restored, state_records)  # the tail only
-        else:
-            assert rebuilt == settings.events_partitions
-            assert restored >= at_kill, (restored, at_kill)  # the whole changelog
-            reason = "empty" if store == "missing" else "unreadable"
-            assert f": {reason}" in log.read_text()
+        text = log.read_text()
+        for stage, (topic, partitions) in stages.items():
+            state_records = len(read_topic(settings, topic))
+            restored = sum(_restored_records(log, stage))
+            rebuilt = text.count(f"{stage} rebuilds its local state")
+            if store == "kept":
+                assert rebuilt == 0, stage
+                assert restored < state_records / 10, (stage, restored, state_records)  # the tail
+            else:
+                assert rebuilt == partitions, stage
+                assert restored >= at_kill[stage], (stage, restored, at_kill)  # the whole changelog
+                reason = "empty" if store == "missing" else "unreadable"
+                assert f"{stage} rebuilds its local state" in text and f": {reason}" in text
     finally:
         assert worker.stop() == 0
 

@@ -52,9 +52,10 @@ from streams.store.records import RecordLives
 log = logging.getLogger(__name__)
 
 STORE_LAYOUT = b"risk-1"  # histories "h", due index "n", window records and header as written
-# a full restore writes the store in slices of this many records (a history record holds
-# up to a few thousand recruiters: staged writes of ~25 MiB at most)
-STORE_COMMIT_RECORDS = 200
+# a full restore writes the store in slices of about this many staged writes (a
+# recruiter's history or an index entry: ~200 bytes each, ~10 MiB a slice), counted in
+# the store rather than in records, which hold from one to thousands of values each
+STORE_COMMIT_ENTRIES = 50_000
 # The worker's process already holds the ingest stores' RocksDB budget (8 MiB memtables
 # and block cache per events partition). The risk stores see a few writes per window
 # close and reads of the senders active in a window: small buffers are plenty, and keep
@@ -73,7 +74,6 @@ class RiskPartition:
     # snapshot's own: window records are not added to them) until the first batch writes
     # the whole state as this version's records and tombstones the snapshot
     upgrading: tuple[dict[int, Any], dict[int, Any]] | None = None
-    restoring: int = 0  # changelog records read back and not yet written to the store
     restored_through: int | None = None  # the offset of the last of them
 
 
@@ -113,9 +113,8 @@ class RiskStage(TransactionalStage[RiskPartition]):
 
     def restore_message(self, part: RiskPartition, message: Any) -> None:
         self.restore_record(part, message.key, message.value)
-        part.restoring += 1
         part.restored_through = message.offset
-        if part.restoring >= STORE_COMMIT_RECORDS:
+        if part.store.staged >= STORE_COMMIT_ENTRIES:
             self._commit_restored(part, message.offset)
 
     def _commit_restored(self, part: RiskPartition, offset: int | None) -> None:
@@ -123,7 +122,6 @@ class RiskStage(TransactionalStage[RiskPartition]):
         # version's records: a restart must read the snapshot again.
         part.store.commit(None if part.upgrading is not None else offset)
         part.table.committed()
-        part.restoring = 0
 
     def restore_record(self, part: RiskPartition, key: bytes | None, value: bytes | None) -> None:
         """A history record's tombstone needs nothing: every recruiter in it is past the

@@ -60,7 +60,8 @@ class InmailTable(Protocol):
 
 class InmailHistory:
     """What the risk rules ask of the history; ``changed`` (when not None) collects the
-    senders whose value was written, for the changelog."""
+    senders whose value was written or forgotten, for the changelog (a forgotten one's
+    record is tombstoned)."""
 
     def __init__(self, table: InmailTable, bucket_size: int) -> None:
         self.table = table
@@ -106,6 +107,8 @@ class InmailHistory:
             value = table.get(sender)
             if value is not None and self._due(value) == due:
                 table.put(sender, None, due, None)
+                if self.changed is not None:
+                    self.changed.add(sender)
             else:  # forgotten already, or written since with a newer bucket
                 table.unindex(sender, due)
 
@@ -114,6 +117,12 @@ class InmailHistory:
         old = self.table.get(sender)
         self.table.put(sender, value or None, None if old is None else self._due(old),
                        self._due(value) if value else None)
+
+    def forget(self, sender: str) -> None:
+        """A sender's tombstone, read back from the changelog."""
+        old = self.table.get(sender)
+        if old is not None:
+            self.table.put(sender, None, self._due(old), None)
 
     def items(self) -> Iterator[tuple[str, Buckets]]:
         return self.table.items()

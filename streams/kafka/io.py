@@ -28,8 +28,10 @@ from aiokafka.structs import TopicPartition
 from streams.kafka.access import KafkaAccessError, leader_topic
 from streams.settings import Settings
 
-# A state snapshot (the risk stage's, an aggregate owner's) grows with what is open,
-# e.g. the windows of a backlog: its topics take records up to this size.
+# An aggregate owner's state snapshot grows with what is open, e.g. the windows of a
+# backlog: its topic takes records up to this size. The risk stage's records are small
+# now (per recruiter, chunked window increments below 1 MiB); its topic keeps this limit
+# to read back the whole-state `snapshot` record earlier versions wrote (an upgrade).
 STATE_RECORD_MAX_BYTES = 32 * 1024 * 1024
 
 log = logging.getLogger(__name__)

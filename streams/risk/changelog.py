@@ -6,62 +6,62 @@ rather than the whole state:
 
 - ``\\x00header``: the watermark, the recent windows' tallies and the late events;
   small, every batch replaces it.
-- ``\\x00inmail:<offset>:<n>``: the recruiters whose InMail history the batch changed
-  (at a window close), whole values. A record is tombstoned once every recruiter in it
-  is past the horizon (:class:`~streams.store.records.RecordLives`, by the horizon of
-  the last window closed).
+- ``\\x00h:<recruiter id>``: one record per recruiter, its whole InMail history
+  (``[[bucket, sent, responses], ...]``: at most a horizon's buckets, small), written by
+  the batch that changed it (at a window close) and tombstoned by the batch that forgot
+  it (its newest bucket past the horizon). Kafka's compaction keeps the latest value per
+  recruiter: the changelog holds one record per recruiter remembered, however often
+  each was written.
 - ``\\x00window:<start>:<offset>:<n>``: what the batch added to an open window (its
-  senders' counts, recruiters' InMail responses), tombstoned when the window closes.
+  senders' counts, recruiters' InMail responses), tombstoned when the window closes;
+  split below ``RECORD_BYTES`` (:mod:`streams.store.records`) and keyed by the batch's
+  last input offset and the chunk's number.
 
-Records are split below ``RECORD_BYTES`` (:mod:`streams.store.records`) and keyed by
-the batch's last input offset and the chunk's number. A restore reads them in changelog
-order (each recruiter ends with its latest value; a window's increments add up), then
-forgets the recruiters past the horizon, as the live stage did at each close.
+A restore reads them in changelog order (a recruiter's latest value wins, a tombstone
+forgets it; a window's increments add up).
 
 Earlier versions wrote the whole state as one record, ``snapshot``, for every batch;
-it is still read back (an upgrade), and tombstoned by the first batch after it, which
-writes the whole state in these records.
+the latest one is still read back (an upgrade), and tombstoned by the first batch
+after it, which writes the whole state in these records.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import orjson
 
-from streams.risk.inmail import Buckets, decode_buckets, encode_buckets
+from streams.risk.inmail import Buckets, decode_buckets, dump_buckets
 from streams.store.records import chunks, record_key
 
 HEADER_KEY = b"\x00header"
-INMAIL_PREFIX = b"\x00inmail:"
+HISTORY_PREFIX = b"\x00h:"
 WINDOW_PREFIX = b"\x00window:"
 SNAPSHOT_KEY = b"snapshot"  # earlier versions' whole state
 
-# a bound on the JSON of a recruiter's history besides its id: per bucket and the rest
-_BUCKET_CHARS, _REST_CHARS = 64, 16
+# bounds on a window record item's JSON besides the sender's id: per count or response
+# bucket, and the rest (``"id":[...]`` punctuation)
+_ITEM_CHARS, _REST_CHARS = 24, 16
+_COUNTS = 3  # a sender's counts: messages sent, spam reports received, InMails sent
+# encoded by msgspec, sized exactly (orjson's small results keep a 4 KiB buffer each)
+_ENCODER = msgspec.json.Encoder()
 
 
-def history_records(
-    changed: list[tuple[str, Buckets]], last_offset: int, bucket_size: int
-) -> list[tuple[bytes, bytes, int]]:
-    """``(key, value, expires)`` for the recruiters a batch changed: ``expires`` is the
-    horizon at which the last of them is forgotten (their newest bucket's end)."""
-    sizes = [len(sender) + _BUCKET_CHARS * len(value) + _REST_CHARS for sender, value in changed]
-    out = []
-    for n, chunk in enumerate(chunks(changed, sizes)):
-        expires = history_expiry(chunk, bucket_size)
-        body = orjson.dumps([[sender, encode_buckets(value)] for sender, value in chunk])
-        out.append((record_key(INMAIL_PREFIX, last_offset, n), body, expires))
-    return out
+def history_key(sender: str) -> bytes:
+    return HISTORY_PREFIX + sender.encode()
 
 
-def history_expiry(changed: list[tuple[str, Buckets]], bucket_size: int) -> int:
-    """The horizon (``oldest``) at which every recruiter in a record is forgotten."""
-    return max(max(value) for _, value in changed) + bucket_size
+def history_sender(key: bytes) -> str:
+    return key[len(HISTORY_PREFIX):].decode()
 
 
-def decode_history(value: bytes) -> list[tuple[str, Buckets]]:
-    return [(sender, decode_buckets(rows)) for sender, rows in orjson.loads(value)]
+def history_value(value: Buckets) -> bytes:
+    return dump_buckets(value)
+
+
+def decode_history(value: bytes) -> Buckets:
+    return decode_buckets(orjson.loads(value))
 
 
 def window_records(
@@ -75,7 +75,7 @@ def window_records(
     items: list[tuple[str, str, Any]] = [("a", s, c) for s, c in (activity or {}).items()]
     items += [("r", s, {str(b): n for b, n in buckets.items()})
               for s, buckets in (responses or {}).items()]
-    sizes = [len(sender) + 24 * (len(value) if kind == "r" else 3) + 16
+    sizes = [len(sender) + _ITEM_CHARS * (len(value) if kind == "r" else _COUNTS) + _REST_CHARS
              for kind, sender, value in items]
     out = []
     prefix = WINDOW_PREFIX + b"%d:" % start
@@ -87,7 +87,7 @@ def window_records(
             body["responses"] = {}
         for kind, sender, value in chunk:
             body.setdefault("activity" if kind == "a" else "responses", {})[sender] = value
-        out.append((record_key(prefix, last_offset, n), orjson.dumps(body)))
+        out.append((record_key(prefix, last_offset, n), _ENCODER.encode(body)))
     return out
 
 

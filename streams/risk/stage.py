@@ -5,8 +5,9 @@ counts to the partition of each sender, plus watermark marks), keeps one
 :class:`~streams.risk.rules.RiskState` per partition and, in the same transaction as its
 input offsets, publishes every flag to ``messaging.risk.flagged-senders`` and what the
 batch changed in the partition's state to a compacted changelog
-(:mod:`streams.risk.changelog`): the recruiters whose InMail history changed, what it
-added to the open windows, and a small header.
+(:mod:`streams.risk.changelog`): a record per recruiter whose InMail history changed
+(a tombstone if it was forgotten), what it added to the open windows, and a small
+header.
 
 Recruiters' 14-day InMail history (it grows with the senders) lives on disk
 (:class:`~streams.store.partition_store.PartitionStore`, one per partition under
@@ -33,13 +34,14 @@ from streams.kafka.outage import OutageReport
 from streams.kafka.stage import TransactionalStage
 from streams.risk.changelog import (
     HEADER_KEY,
-    INMAIL_PREFIX,
+    HISTORY_PREFIX,
     SNAPSHOT_KEY,
     WINDOW_PREFIX,
     decode_history,
     decode_window,
-    history_expiry,
-    history_records,
+    history_key,
+    history_sender,
+    history_value,
     window_of,
     window_records,
 )
@@ -47,14 +49,16 @@ from streams.risk.inmail import InmailHistory, StoredInmail
 from streams.risk.rules import Increments, RiskRules, RiskState, add_counts, add_responses
 from streams.settings import Settings
 from streams.store.partition_store import PartitionStore
-from streams.store.records import RecordLives
 
 log = logging.getLogger(__name__)
 
-STORE_LAYOUT = b"risk-1"  # histories "h", due index "n", window records and header as written
-# a full restore writes the store in slices of this many records (a history record holds
-# up to a few thousand recruiters: staged writes of ~25 MiB at most)
-STORE_COMMIT_RECORDS = 200
+# histories "h", due index "n", window records and header as written (risk-1: also the
+# lives of the chunked history records, which went)
+STORE_LAYOUT = b"risk-2"
+# a full restore writes the store in slices of about this many staged writes (a
+# recruiter's history or an index entry: ~200 bytes each, ~10 MiB a slice), counted in
+# the store rather than in records, which hold from one to thousands of values each
+STORE_COMMIT_ENTRIES = 50_000
 # The worker's process already holds the ingest stores' RocksDB budget (8 MiB memtables
 # and block cache per events partition). The risk stores see a few writes per window
 # close and reads of the senders active in a window: small buffers are plenty, and keep
@@ -67,13 +71,14 @@ class RiskPartition:
     state: RiskState
     store: PartitionStore
     table: StoredInmail
-    lives: RecordLives
     window_keys: dict[int, list[bytes]] = field(default_factory=dict)  # records of open windows
     # read back from an earlier version's snapshot record: its open windows (the
     # snapshot's own: window records are not added to them) until the first batch writes
     # the whole state as this version's records and tombstones the snapshot
     upgrading: tuple[dict[int, Any], dict[int, Any]] | None = None
-    restoring: int = 0  # changelog records read back and not yet written to the store
+    # the latest snapshot record read back, applied once the restore is over (an
+    # uncompacted changelog holds one per batch of the earlier version)
+    snapshot: bytes | None = None
     restored_through: int | None = None  # the offset of the last of them
 
 
@@ -102,7 +107,7 @@ class RiskStage(TransactionalStage[RiskPartition]):
         table = StoredInmail(store)
         state = RiskState(partition, self.settings.window_seconds, self.rules,
                           history=InmailHistory(table, self.rules.inmail_bucket))
-        return RiskPartition(state, store, table, RecordLives(store))
+        return RiskPartition(state, store, table)
 
     def restore_from(self, part: RiskPartition, beginning: int, end: int) -> int:
         start = part.store.restore_from(beginning, end)
@@ -113,47 +118,48 @@ class RiskStage(TransactionalStage[RiskPartition]):
 
     def restore_message(self, part: RiskPartition, message: Any) -> None:
         self.restore_record(part, message.key, message.value)
-        part.restoring += 1
         part.restored_through = message.offset
-        if part.restoring >= STORE_COMMIT_RECORDS:
+        if part.store.staged >= STORE_COMMIT_ENTRIES:
             self._commit_restored(part, message.offset)
 
     def _commit_restored(self, part: RiskPartition, offset: int | None) -> None:
         # Not checkpointed past a snapshot before the first batch has written it as this
         # version's records: a restart must read the snapshot again.
-        part.store.commit(None if part.upgrading is not None else offset)
+        upgrading = part.upgrading is not None or part.snapshot is not None
+        part.store.commit(None if upgrading else offset)
         part.table.committed()
-        part.restoring = 0
 
     def restore_record(self, part: RiskPartition, key: bytes | None, value: bytes | None) -> None:
-        """A history record's tombstone needs nothing: every recruiter in it is past the
-        horizon, and :meth:`restored` forgets those."""
+        """A recruiter's record: its latest value wins, a tombstone forgets it."""
         if key is None:
             return
         state, store = part.state, part.store
-        if key.startswith(INMAIL_PREFIX):
-            if value is not None:
-                changed = decode_history(value)
-                for sender, buckets in changed:
-                    state.history.restore(sender, buckets)
-                part.lives.track(key, history_expiry(changed, self.rules.inmail_bucket))
+        if key.startswith(HISTORY_PREFIX):
+            sender = history_sender(key)
+            if value is None:
+                state.history.forget(sender)
+            else:
+                state.history.restore(sender, decode_history(value))
         elif key.startswith(WINDOW_PREFIX) or key == HEADER_KEY:
             store.stage(key, value)  # into memory by restored()
         elif key == SNAPSHOT_KEY:
-            if value is None:  # the first batch after it wrote all it held: it is over
-                part.upgrading = None
-            else:
-                state.restore(value)
-                store.stage(HEADER_KEY, orjson.dumps(state.header()))
-                part.upgrading = (state.windows, state.responses)
+            # the latest only, applied by restored(); a tombstone: the first batch after
+            # it wrote all it held, it is over
+            part.snapshot = value
 
     def restored(self, part: RiskPartition) -> None:
         """The store reflects the changelog: the header and the open windows come into
-        memory, the histories stay on disk. Then the recruiters past the horizon go, as
-        the live stage dropped them window by window: a record lives while anyone in it
-        does, so it can bring back recruiters (and older values) the live stage forgot."""
+        memory, the histories stay on disk (an earlier version's snapshot: applied now,
+        the latest only). Then any recruiter past the horizon goes (none: the live stage
+        tombstoned each it forgot in the batch that moved the horizon), and would be
+        tombstoned by the first batch."""
         store, state = part.store, part.state
         self._commit_restored(part, part.restored_through)
+        snapshot, part.snapshot = part.snapshot, None
+        if snapshot is not None:
+            state.restore(snapshot)
+            store.stage(HEADER_KEY, orjson.dumps(state.header()))
+            part.upgrading = (state.windows, state.responses)
         raw = store.get(HEADER_KEY)
         if raw is not None:
             state.restore_header(orjson.loads(raw))
@@ -178,16 +184,23 @@ class RiskStage(TransactionalStage[RiskPartition]):
                     answered = state.responses.setdefault(start, {})
                     for sender, buckets in added["responses"].items():
                         add_responses(answered, sender, buckets)
+        self._track(part)  # before the expiry: what it forgets is tombstoned
         oldest = state.inmail_oldest
         if oldest is not None:
             state.history.expire(oldest)
         self._commit_restored(part, None)
-        self._track(part)
 
     def _track(self, part: RiskPartition) -> None:
         """From now on, the state keeps what each batch changes, for its records."""
         part.state.increments = Increments()
         part.state.history.changed = set()
+
+    def _untrack(self, part: RiskPartition) -> tuple[Increments, set[str]]:
+        """What the state kept since :meth:`_track`; it starts over."""
+        increments, changed = part.state.increments, part.state.history.changed
+        assert increments is not None and changed is not None  # restored() set them
+        self._track(part)
+        return increments, changed
 
     def checkpoint(self, writer: BatchWriter) -> None:
         for partition, part in self.partitions.items():
@@ -214,18 +227,16 @@ class RiskStage(TransactionalStage[RiskPartition]):
         """The batch's changelog records, also staged in the store (committed with the
         transaction's offset by :meth:`checkpoint`)."""
         state, store, topic = part.state, part.store, self.state_topic
-        increments, changed = state.increments, state.history.changed
-        assert increments is not None and changed is not None  # restored() set them
-        self._track(part)
+        increments, changed = self._untrack(part)
         upgrading = part.upgrading is not None
         if upgrading:  # everything, as this version writes it
             changed |= {sender for sender, _ in state.history.items()}
             increments.windows = dict(state.windows)
             increments.responses = dict(state.responses)
-        values = [(s, v) for s in sorted(changed) if (v := state.history.get(s)) is not None]
-        for key, value, expires in history_records(values, last_offset, self.rules.inmail_bucket):
-            await writer.add(topic, partition, key, value)
-            part.lives.track(key, expires)
+        for sender in sorted(changed):  # a value each (None: forgotten, a tombstone)
+            value = state.history.get(sender)
+            await writer.add(topic, partition, history_key(sender),
+                             None if value is None else history_value(value))
         for start in increments.closed:
             for key in part.window_keys.pop(start, ()):
                 await writer.add(topic, partition, key, None)
@@ -241,11 +252,6 @@ class RiskStage(TransactionalStage[RiskPartition]):
         header = orjson.dumps(state.header())
         await writer.add(topic, partition, HEADER_KEY, header)
         store.stage(HEADER_KEY, header)
-        oldest = state.inmail_oldest
-        if oldest is not None:
-            # a record is due once every recruiter in it is (expires <= oldest)
-            for key in list(part.lives.expired(oldest + 1)):
-                await writer.add(topic, partition, key, None)
         if upgrading:
             await writer.add(topic, partition, SNAPSHOT_KEY, None)
             part.upgrading = None

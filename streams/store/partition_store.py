@@ -115,6 +115,11 @@ class PartitionStore:
         are not seen: read them with :meth:`get`)."""
         return self._scan(_DATA + prefix, _DATA + prefix)
 
+    @property
+    def staged(self) -> int:
+        """How many writes are staged and not committed (data and index entries)."""
+        return len(self._pending)
+
     def staged_keys(self, prefix: bytes) -> list[bytes]:
         """The keys with ``prefix`` staged and not committed yet (written or deleted)."""
         cut, prefix = len(_DATA), _DATA + prefix

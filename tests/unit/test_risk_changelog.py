@@ -9,6 +9,7 @@ import itertools
 import math
 import random
 import shutil
+import tracemalloc
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
@@ -18,10 +19,18 @@ from typing import Any
 import orjson
 from aiokafka.structs import TopicPartition
 
-from streams.risk.changelog import SNAPSHOT_KEY, decode_history, history_expiry
+from streams.risk.changelog import (
+    HISTORY_PREFIX,
+    SNAPSHOT_KEY,
+    decode_history,
+    history_key,
+    history_sender,
+)
+from streams.risk.inmail import StoredInmail
 from streams.risk.rules import Flag, RiskRules, RiskState
 from streams.risk.stage import RiskPartition, RiskStage
 from streams.settings import Settings
+from streams.store.partition_store import PartitionStore
 from streams.windows import GlobalWatermark
 
 SIZE, BUCKET, HORIZON = 60, 600, 1800  # short horizons: expiry happens all the time
@@ -281,16 +290,17 @@ def test_restores_from_the_changelog_end_in_the_live_state_and_judge_the_same(
     assert {None, "empty"} <= set(reasons)
     assert any(r and r.startswith("unreadable") for r in reasons)
     tombstones = [key for _, key, value in run.log if value is None]
-    assert any(key.startswith(b"\x00inmail:") for key in tombstones)  # records expired
+    assert any(key.startswith(HISTORY_PREFIX) for key in tombstones)  # recruiters forgotten
     assert any(key.startswith(b"\x00window:") for key in tombstones)  # windows closed
-    # the changelog stays bounded: a record whose recruiters are all past the horizon is
-    # tombstoned (by the next batch), rebuilds and crashes notwithstanding
-    run.batch([{"kind": "activity", "source": 0, "offset": 0, "windows": {}}])
-    oldest = run.part.state.inmail_oldest
-    alive = [history_expiry(decode_history(value), BUCKET) for _, key, value in run.compacted()
-             if key.startswith(b"\x00inmail:")]
-    assert oldest is not None and alive and min(alive) > oldest
+    # the changelog stays bounded: compacted, it holds exactly the recruiters remembered,
+    # each with its value, rebuilds and crashes notwithstanding
+    assert _compacted_histories(run) == dict(run.part.state.history.items())
     run.part.store.close()
+
+
+def _compacted_histories(run: _Run) -> dict[str, Any]:
+    return {history_sender(key): decode_history(value) for _, key, value in run.compacted()
+            if key.startswith(HISTORY_PREFIX)}
 
 
 def _mark(watermark: float) -> dict[str, Any]:
@@ -318,8 +328,15 @@ def test_an_earlier_versions_snapshot_is_read_back_then_tombstoned(tmp_path: Pat
         run.log.append((len(run.log), SNAPSHOT_KEY, earlier.dumps()))
     snapshot = orjson.loads(earlier.dumps())
     assert snapshot["inmail"] and snapshot["windows"]
-    run.part, reason = run.restart("tail", compact=False)
+    applied: list[bytes] = []
+    restore = RiskState.restore
+    RiskState.restore = lambda self, raw: (applied.append(raw), restore(self, raw))[1]  # type: ignore[method-assign]
+    try:
+        run.part, reason = run.restart("tail", compact=False)
+    finally:
+        RiskState.restore = restore  # type: ignore[method-assign]
     assert reason == "empty" and _state(run.part) == snapshot
+    assert applied == [run.log[-1][2]]  # of the 20 snapshots read, the latest alone
     run.part, reason = run.restart("tail", compact=True)  # a crash before the first batch
     assert reason == "no checkpoint" and _state(run.part) == snapshot
     flags.extend(run.batch(after[:1]))
@@ -351,8 +368,8 @@ def test_large_batches_are_split_into_records_below_the_brokers_limit(tmp_path: 
     windows = [key for _, key, value in run.log if key.startswith(b"\x00window:") and value]
     assert len(windows) > 3
     run.batch([_mark(T0 + SIZE)])
-    histories = [key for _, key, value in run.log if key.startswith(b"\x00inmail:") and value]
-    assert len(histories) > 3
+    histories = [key for _, key, value in run.log if key.startswith(HISTORY_PREFIX) and value]
+    assert len(histories) == len(names)  # one record per recruiter
     tombstones = {key for _, key, value in run.log if value is None}
     assert set(windows) <= tombstones  # the closed window's records
     assert run.part.state.history.get(names[7]) == {day - BUCKET: [0, 1], day: [2, 1]}
@@ -362,10 +379,12 @@ def test_large_batches_are_split_into_records_below_the_brokers_limit(tmp_path: 
     run.part.store.close()
 
 
-def test_a_rebuild_does_not_bring_back_recruiters_the_live_stage_forgot(tmp_path: Path) -> None:
-    """A's history and B's share a record (both changed at one close), A's newest bucket
-    older than B's. Once A is past the horizon the live stage forgets it, but the record
-    lives on for B: a rebuild from the changelog reads A back, and must forget it too."""
+def test_a_forgotten_recruiter_is_tombstoned_and_a_rebuild_does_not_bring_it_back(
+    tmp_path: Path,
+) -> None:
+    """A's newest bucket is older than B's. Once A is past the horizon the live stage
+    forgets it and tombstones its record in that batch; B's lives on. A rebuild from
+    the changelog, whole or compacted, forgets A too."""
     run = _Run(tmp_path)
     b0 = 1_790_000_400  # a bucket's start
     w1, w2, w3 = b0, b0 + 2 * BUCKET, b0 + 4 * BUCKET
@@ -374,17 +393,56 @@ def test_a_rebuild_does_not_bring_back_recruiters_the_live_stage_forgot(tmp_path
     run.batch([{"kind": "activity", "source": 0, "offset": 1,
                 "windows": {str(w2): {"B": [1, 0, 1]}},
                 "inmail_responses": {str(w2): {"A": {str(b0): 1}}}}, _mark(w2 + SIZE)])
-    shared = [key for _, key, value in run.log if value and key.startswith(b"\x00inmail:")
-              and b'"A"' in value and b'"B"' in value]
-    assert len(shared) == 1
+    assert _compacted_histories(run) == {"A": {b0: [1, 1]}, "B": {w2: [1, 0]}}
     run.batch([{"kind": "activity", "source": 0, "offset": 2,
                 "windows": {str(w3): {"C": [1, 0, 0]}}}, _mark(w3 + SIZE)])
     history = run.part.state.history
     assert history.get("A") is None and history.get("B") == {w2: [1, 0]}
-    assert shared[0] in {key for _, key, _ in run.compacted()}  # alive: B is remembered
+    assert (history_key("A"), None) in [(key, value) for _, key, value in run.log]
+    assert _compacted_histories(run) == {"B": {w2: [1, 0]}}
     live = _state(run.part)
     for how, compact in (("empty", True), ("empty", False), ("garbled", True)):
         run.part, _ = run.restart(how, compact)
         assert run.part.state.history.get("A") is None
         assert _state(run.part) == live
     run.part.store.close()
+
+
+def test_a_recruiter_active_in_every_window_leaves_one_live_history_record(
+    tmp_path: Path,
+) -> None:
+    """A recruiter sending InMail in every window is written at every close: 200 closes
+    over a 30-minute horizon leave one live record (compacted), its latest value, not
+    one per close until the horizon passes them; a rebuild reads just that one."""
+    run = _Run(tmp_path)
+    for n in range(200):
+        start = T0 + n * SIZE
+        run.batch([{"kind": "activity", "source": 0, "offset": n,
+                    "windows": {str(start): {"R": [1, 0, 1]}}}, _mark(start + SIZE)])
+    written = [key for _, key, value in run.log if key.startswith(HISTORY_PREFIX) and value]
+    assert len(written) == 200
+    live = [key for _, key, _ in run.compacted() if key.startswith(HISTORY_PREFIX)]
+    assert live == [history_key("R")]
+    assert _compacted_histories(run) == {"R": run.part.state.history.get("R")}
+    state = _state(run.part)
+    run.part, _ = run.restart("empty", compact=True)
+    assert _state(run.part) == state
+    run.part.store.close()
+
+
+def test_a_staged_history_value_takes_its_size_not_a_4_kib_buffer(tmp_path: Path) -> None:
+    """A window close stages every recruiter's history until the store's commit: each
+    staged value must cost about its size (orjson's small results keep a 4 KiB buffer
+    each: 250,000 of them held ~1 GiB)."""
+    store = PartitionStore(tmp_path / "s", b"x")
+    table = StoredInmail(store)
+    tracemalloc.start()
+    try:
+        for i in range(1_000):
+            table.put(f"m-{i:07d}", {T0: [3, 1]}, None, T0 + BUCKET)
+        per_value = tracemalloc.get_traced_memory()[0] / 1_000
+    finally:
+        tracemalloc.stop()
+    store.close()
+    # the value (~15 bytes), its key, an index entry and their dict slots: a few hundred
+    assert per_value < 600, f"{per_value:.0f} bytes of memory per staged history"

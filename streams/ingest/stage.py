@@ -63,7 +63,7 @@ from streams.windows import (
 log = logging.getLogger(__name__)
 
 FETCH_FRESH_SECONDS = 2.0  # a caught-up partition is long-polled every 0.5 s
-STORE_LAYOUT = b"ingest-3"  # conversations under "c"; record lives: index "x", data "\\x00life:"
+STORE_LAYOUT = b"ingest-4"  # conversations "c", batches' starts "s"; record lives: index "x", data "\\x00life:"
 STORE_COMMIT_RECORDS = 50_000  # a full restore writes the store in slices of this many
 STORE_LOCK_WAIT_SECONDS = 120.0
 

@@ -110,10 +110,10 @@ class PartitionStore:
         value = self._pending.get(key, _UNSTAGED)
         return self._db.get(key) if value is _UNSTAGED else value
 
-    def items(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-        """Committed records whose key starts with ``prefix``, in key order (staged writes
-        are not seen: read them with :meth:`get`)."""
-        return self._scan(_DATA + prefix, _DATA + prefix)
+    def items(self, prefix: bytes, start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
+        """Committed records whose key starts with ``prefix``, in key order from ``prefix +
+        start`` (staged writes are not seen: read them with :meth:`get`)."""
+        return self._scan(_DATA + prefix, _DATA + prefix + start)
 
     @property
     def staged(self) -> int:

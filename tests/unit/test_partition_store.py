@@ -181,6 +181,42 @@ def test_a_conversation_started_again_past_its_ttl_is_not_expired_by_its_old_sta
     store.commit(2)
     again = table.get("c-1")
     assert again is not None and again.started_at == 9000.0
-    assert list(store.index(b"c")) == [b"c" + struct.pack(">d", 9000.0) + b"cc-1"]
+    # one entry of starts left, the new life's (the old one's was walked and dropped)
+    assert [key for key, _ in store.items(b"s")] == [b"sc" + struct.pack(">d", 9000.0) + b"c-1"]
     assert table.expire(9500.0, 9500.0) == ["c-1"]
     store.close()
+
+
+def test_a_batch_of_starts_on_both_sides_of_the_horizon_expires_each_in_time(
+    tmp_path: Path,
+) -> None:
+    """A batch's new conversations share one entry of starts: one past the horizon goes,
+    the other is kept under its own start until it is due, also when read back."""
+    from streams.ingest.conversation_table import Conversation
+
+    store = PartitionStore(tmp_path / "p0")
+    table = StoredConversations(store, cache_size=10)
+    for conversation_id, start in (("a", 100.0), ("b", 5000.0)):
+        table.add(conversation_id, Conversation(start, "x", "y", "connection", "member"))
+    table.stage(["a", "b"])
+    assert table.expire(0.0, 0.0) == []
+    store.commit(1)
+    assert table.expire(1000.0, 1000.0) == ["a"]
+    store.commit(2)
+    assert table.get("a") is None and table.get("b") is not None
+    assert table.expire(4000.0, 4000.0) == []
+    store.commit(3)
+    assert table.expire(6000.0, 6000.0) == ["b"]
+    store.commit(4)
+    assert list(store.items(b"s")) == [] and list(store.items(b"c")) == []
+    store.close()
+
+    rebuilt = StoredConversations(PartitionStore(tmp_path / "p1"), cache_size=10)
+    rebuilt.restore([("a", Conversation(100.0, "x", "y", "connection", "member")),
+                     ("b", Conversation(5000.0, "x", "y", "connection", "member"))])
+    rebuilt.store.commit(1)
+    rebuilt.restored()
+    assert rebuilt.expire(1000.0, 1000.0) == ["a"]
+    rebuilt.store.commit(2)
+    assert rebuilt.get("b") is not None
+    rebuilt.store.close()

@@ -21,7 +21,6 @@ they reach, so a restart on the same disk reads only the changelog past that off
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -59,8 +58,6 @@ from streams.windows import (
     or_minus_inf,
     window_start,
 )
-
-log = logging.getLogger(__name__)
 
 FETCH_FRESH_SECONDS = 2.0  # a caught-up partition is long-polled every 0.5 s
 STORE_LAYOUT = b"ingest-4"  # conversations "c", batches' starts "s"; record lives: index "x", data "\\x00life:"
@@ -136,11 +133,7 @@ class IngestStage(TransactionalStage[IngestPartition]):
                 await asyncio.sleep(0.2)
 
     def restore_from(self, state: IngestPartition, beginning: int, end: int) -> int:
-        start = state.store.restore_from(beginning, end)
-        if state.store.rebuilt:
-            log.info("ingest rebuilds its local state %s from the changelog: %s",
-                     state.store.path, state.store.rebuilt)
-        return start
+        return state.store.restore_point(self.name, beginning, end)
 
     def restore_message(self, state: IngestPartition, message: Any) -> None:
         self.restore_record(state, message.key, message.value)

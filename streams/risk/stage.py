@@ -21,7 +21,6 @@ layout or corrupt is rebuilt from the whole changelog.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,8 +48,6 @@ from streams.risk.inmail import InmailHistory, StoredInmail
 from streams.risk.rules import Increments, RiskRules, RiskState, add_counts, add_responses
 from streams.settings import Settings
 from streams.store.partition_store import PartitionStore
-
-log = logging.getLogger(__name__)
 
 # histories "h", due index "n", window records and header as written (risk-1: also the
 # lives of the chunked history records, which went)
@@ -110,11 +107,7 @@ class RiskStage(TransactionalStage[RiskPartition]):
         return RiskPartition(state, store, table)
 
     def restore_from(self, part: RiskPartition, beginning: int, end: int) -> int:
-        start = part.store.restore_from(beginning, end)
-        if part.store.rebuilt:
-            log.info("risk rebuilds its local state %s from the changelog: %s",
-                     part.store.path, part.store.rebuilt)
-        return start
+        return part.store.restore_point(self.name, beginning, end)
 
     def restore_message(self, part: RiskPartition, message: Any) -> None:
         self.restore_record(part, message.key, message.value)

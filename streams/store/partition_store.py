@@ -204,5 +204,13 @@ class PartitionStore:
             return checkpoint + 1
         return beginning
 
+    def restore_point(self, stage: str, beginning: int, end: int) -> int:
+        """:meth:`restore_from`, and a log line saying why, if the store is rebuilt."""
+        start = self.restore_from(beginning, end)
+        if self.rebuilt:
+            log.info("%s rebuilds its local state %s from the changelog: %s", stage, self.path,
+                     self.rebuilt)
+        return start
+
     def _has_any(self) -> bool:
         return next(iter(self._db.keys()), None) is not None

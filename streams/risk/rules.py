@@ -97,6 +97,8 @@ class RiskState:
     watermark: GlobalWatermark = field(init=False)
     recent: dict[int, Partial] = field(default_factory=dict)
     late_events: int = 0
+    # per ingest partition, the last batch (its offset) whose activity is in the state
+    applied: dict[int, int] = field(default_factory=dict)
     increments: Increments | None = None  # kept when the stage asks (its changelog)
 
     def __post_init__(self) -> None:
@@ -114,6 +116,16 @@ class RiskState:
 
     def apply(self, record: dict[str, Any]) -> list[Flag]:
         if record["kind"] == "activity":
+            # An ingest batch's activity reaches a partition once per batch, in offset
+            # order per source. One already in the state is a redelivery: after a crash
+            # and a broker restart the group's committed offsets can lag a transaction
+            # that committed (aiokafka's OffsetFetch cannot ask for stable offsets), while
+            # the changelog already holds what it added. Counted twice, it raised flags.
+            source, offset = record.get("source"), record.get("offset")
+            if source is not None and offset is not None:
+                if offset <= self.applied.get(source, -1):
+                    return []
+                self.applied[source] = offset
             self._add_activity(record["windows"])
             self._add_responses(record.get("inmail_responses", {}))
             return []
@@ -232,6 +244,7 @@ class RiskState:
             "watermark": self.watermark.to_json(),
             "recent": {str(s): {k[1]: v for k, v in p.items()} for s, p in self.recent.items()},
             "late_events": self.late_events,
+            "applied": {str(source): offset for source, offset in self.applied.items()},
         }
 
     def restore_header(self, data: dict[str, Any]) -> None:
@@ -241,6 +254,7 @@ class RiskState:
             for s, p in data["recent"].items()
         }
         self.late_events = data["late_events"]
+        self.applied = {int(source): offset for source, offset in data.get("applied", {}).items()}
 
     def restore(self, raw: bytes) -> None:
         """A snapshot record as earlier versions wrote (and :meth:`dumps` writes): the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from streams.risk.rules import RiskRules, RiskState
 
 T0 = 1_790_000_040  # a 60 s window boundary
+_OFFSETS = itertools.count()  # each record an ingest batch of its own
 DAY = 86_400
 
 
@@ -17,7 +19,7 @@ def activity(
 ) -> dict[str, Any]:
     """Counts are [messages sent, spam reports received, InMails sent]; ``responses``:
     recruiters' InMail responses in this window, by the day their InMail was sent."""
-    record: dict[str, Any] = {"kind": "activity", "source": 0, "offset": 1,
+    record: dict[str, Any] = {"kind": "activity", "source": 0, "offset": next(_OFFSETS),
                               "windows": {str(start): senders}}
     if responses:
         record["inmail_responses"] = {str(start): {
@@ -111,3 +113,16 @@ def test_late_activity_is_counted_not_judged_and_state_round_trips() -> None:
     assert restored.dumps() == state.dumps()
     assert restored.windows == {T0 + 60: {"r": [0, 0, 5]}}
     assert restored.responses == {T0 + 60: {"r": {BUCKET0: 1}}}
+
+
+def test_a_batch_delivered_again_is_not_counted_again() -> None:
+    """After a crash and a broker restart the committed input offsets can lag what the
+    state holds: an ingest batch's activity seen again is skipped, also after a restore."""
+    state = RiskState(0, 60, RULES)
+    record = activity(T0, {"s-1": [6, 0, 0]})
+    state.apply(record)
+    restored = RiskState(0, 60, RULES)
+    restored.restore(state.dumps())
+    for again in (state, restored):
+        again.apply(record)  # the same batch (source, offset) again
+        assert [f.rule for f in again.apply(mark(T0 + 60))] == []  # 6 < 10, not 12

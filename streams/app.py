@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -278,21 +279,34 @@ class Worker:
             try:
                 await stage.start()
                 await stage.run()
-            except Exception as exc:  # a dead stage must take the worker down, loudly
-                refusal = await self._refusal(exc)
-                if refusal is not None:  # nothing uncommitted survives: it was one transaction
-                    log.error("%s stage stops: %s", stage.name, refusal)
-                else:
-                    log.exception("%s stage crashed", stage.name)
-                if self.failed is None:  # the first failure says why the worker ends
-                    self.failed = access.EXIT_CODE if refusal is not None else 1
-                if self.on_failure is not None:
-                    self.on_failure()
-                else:
-                    await self.app.crash(exc)
+            except asyncio.CancelledError as cancelled:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the worker is stopping it
+                # a library's own cancelled future let out (see close_client): a stage
+                # ended that way would leave the worker up and serving, its input unread
+                failure = RuntimeError(
+                    f"{stage.name} stage ended by a cancellation that was not the worker's")
+                failure.__cause__ = cancelled
+                await self._stage_failed(stage, failure)
+            except Exception as exc:  # noqa: BLE001 - a dead stage takes the worker down, loudly
+                await self._stage_failed(stage, exc)
 
         run.__name__ = f"run_{stage.name}"
         return run
+
+    async def _stage_failed(self, stage: Stage, exc: Exception) -> None:
+        refusal = await self._refusal(exc)
+        if refusal is not None:  # nothing uncommitted survives: it was one transaction
+            log.error("%s stage stops: %s", stage.name, refusal)
+        else:
+            log.error("%s stage crashed", stage.name, exc_info=exc)
+        if self.failed is None:  # the first failure says why the worker ends
+            self.failed = access.EXIT_CODE if refusal is not None else 1
+        if self.on_failure is not None:
+            self.on_failure()
+        else:
+            await self.app.crash(exc)
 
     async def _refusal(self, exc: Exception) -> str | None:
         if not is_fatal(exc):

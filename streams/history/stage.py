@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from streams.history.assembly import AssembledWindow, Assembly
 from streams.history.remote_write import RemoteWriteFailed, RemoteWriter, RemoteWriteRejected
+from streams.kafka.io import close_client
 from streams.kafka.outage import RETRIABLE_ERRORS, RETRY_FIRST_SECONDS, is_fatal, pause
 from streams.settings import Settings
 
@@ -307,8 +308,7 @@ class HistoryStage:
                 for partition, assembly in list(self.assemblies.items()):
                     with contextlib.suppress(Exception):
                         await self._commit(partition, assembly)
-                with contextlib.suppress(Exception):
-                    await self._consumer.stop()
+                await close_client(self._consumer, "history")
             if self._admin is not None:
                 with contextlib.suppress(Exception):
                     await self._admin.close()

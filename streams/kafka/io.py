@@ -7,11 +7,13 @@
 - :func:`partition_for`: the default keyed partitioner (murmur2, as Java's), and
   :class:`KeyPartitions`, the same remembered per key.
 - :func:`raw_records`: a consumer option that hands out aiokafka's own decoded records.
+- :func:`close_client`: stop a client within a bound, whatever state the broker is in.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import struct
 import time
@@ -33,6 +35,7 @@ from streams.settings import Settings
 # now (per recruiter, chunked window increments below 1 MiB); its topic keeps this limit
 # to read back the whole-state `snapshot` record earlier versions wrote (an upgrade).
 STATE_RECORD_MAX_BYTES = 32 * 1024 * 1024
+CLOSE_TIMEOUT_SECONDS = 5.0  # a client's stop() waits for the broker at most this long
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +152,54 @@ class KeyPartitions:
             raw = key.encode() if isinstance(key, str) else key
             partition = self._known[key] = partition_for(raw, self.partitions)
         return partition
+
+
+async def close_client(client: AIOKafkaConsumer | AIOKafkaProducer, owner: str) -> None:
+    """Stop a client within a bound: a stalled or dead broker must not hold a restart,
+    a restore or a stop up. What the client still had in flight is abandoned (the broker
+    aborts an open transaction when the next incarnation fences it).
+
+    aiokafka 0.14's ``Fetcher.close()`` cancels its pending fetch requests and awaits
+    them unguarded, so a consumer stopped while a request waits out a retry (the broker
+    just died) raises *their* ``CancelledError`` into the caller. Let out, it would end
+    the caller's task as if the worker were stopping it: a stage would quietly stop
+    without a word. Only a cancellation of the caller's own task is passed on.
+    """
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+            await client.stop()
+        return
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        reason = "a cancelled request of its own"
+    except Exception as exc:  # noqa: BLE001 - a broken client: nothing to save
+        reason = type(exc).__name__
+    log.info("%s: a Kafka client did not close cleanly (%s); abandoning it", owner, reason)
+    await _abandon(client)
+
+
+async def _abandon(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
+    """Stop a client's background tasks and close its connections without waiting for
+    the broker (its ``stop()`` failed or timed out: it waits for answers that may never
+    come)."""
+    tasks = []
+    if isinstance(client, AIOKafkaProducer):
+        tasks.append(client._sender.sender_task)
+        connections = client.client
+    else:
+        coordinator, fetcher = client._coordinator, client._fetcher
+        tasks.append(getattr(coordinator, "_coordination_task", None))
+        tasks.append(getattr(coordinator, "_heartbeat_task", None))
+        tasks.append(getattr(fetcher, "_fetch_task", None))
+        connections = client._client
+    for task in tasks:
+        if task is not None and not task.done():
+            task.cancel()
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+            await connections.close()
 
 
 async def ensure_topics(

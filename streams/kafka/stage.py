@@ -23,7 +23,7 @@ from aiokafka.errors import ProducerFenced
 from aiokafka.structs import TopicPartition
 
 from streams.kafka.fenced_offsets import fence_offset_commits
-from streams.kafka.io import BatchWriter, raw_records
+from streams.kafka.io import CLOSE_TIMEOUT_SECONDS, BatchWriter, close_client, raw_records
 from streams.kafka.outage import (
     RETRIABLE_ERRORS,
     RETRY_FIRST_SECONDS,
@@ -40,7 +40,6 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 STALLED_AFTER_SECONDS = 5.0  # a batch in flight this long: the broker is not answering
-CLOSE_TIMEOUT_SECONDS = 5.0
 MAX_UNEXPECTED_IN_A_ROW = 5  # failures not Kafka's (bugs) before the stage gives up
 MAX_YOUNG_FENCINGS, FENCING_WINDOW_SECONDS = 3, 300.0  # a twin with our transactional id
 
@@ -83,43 +82,13 @@ async def read_partitions(
                 if await reader.position(tp) >= ends[tp]:
                     remaining.discard(tp)
     finally:
-        await reader.stop()
+        await close_client(reader, "a restore")
     return records
 
 
 async def _close(stage: str, clients: list[AIOKafkaConsumer | AIOKafkaProducer]) -> None:
-    """Close clients within a bound: a stalled broker must not hold a restart (or a stop)
-    up. What a client still had in flight is abandoned: the broker aborts the open
-    transaction when the next incarnation fences it."""
     for client in clients:
-        try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
-                await client.stop()
-        except Exception as exc:  # noqa: BLE001 - a broken client: nothing to save
-            log.info("%s: a Kafka client did not close cleanly (%s); abandoning it", stage,
-                     type(exc).__name__)
-            await _abandon(client)
-
-
-async def _abandon(client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
-    """Stop a client's background tasks and close its connections without waiting for
-    the broker (its ``stop()`` timed out: it waits for answers that may never come)."""
-    tasks = []
-    if isinstance(client, AIOKafkaProducer):
-        tasks.append(client._sender.sender_task)
-        connections = client.client
-    else:
-        coordinator, fetcher = client._coordinator, client._fetcher
-        tasks.append(getattr(coordinator, "_coordination_task", None))
-        tasks.append(getattr(coordinator, "_heartbeat_task", None))
-        tasks.append(getattr(fetcher, "_fetch_task", None))
-        connections = client._client
-    for task in tasks:
-        if task is not None and not task.done():
-            task.cancel()
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
-            await connections.close()
+        await close_client(client, stage)
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -11,7 +11,9 @@ window published twice must be identical, and no worker may exit.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -19,7 +21,10 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 
+from streams.kafka.io import close_client, ensure_topics
 from streams.kafka.stage import STALLED_AFTER_SECONDS
 from streams.settings import Settings
 from tests.faults import FaultRun
@@ -135,3 +140,47 @@ def test_broker_fault_loses_nothing_and_closes_no_window_early(
         else:
             kafka_broker.resume()
     assert codes == [0, 0]
+
+
+def test_a_consumer_closed_while_its_fetch_waits_to_retry_leaves_its_caller_running(
+    kafka_broker, settings: Settings
+) -> None:
+    """aiokafka 0.14's consumer ``stop()`` raises the ``CancelledError`` of a fetch request
+    waiting out its retry back-off (the broker just died): a stage restoring a partition
+    then ended as if the worker had cancelled it, and the worker ran on without it (found
+    by the broker-kill runs above). ``close_client`` must return, the caller uncancelled."""
+    if kafka_broker is None:
+        pytest.skip("KAFKA_BOOTSTRAP_SERVERS points at an external broker: not ours to break")
+    asyncio.run(ensure_topics(settings))
+    tp = TopicPartition(settings.events_topic, 0)
+
+    failed_fetches: list[logging.LogRecord] = []
+    fetcher_log = logging.getLogger("aiokafka.consumer.fetcher")
+    catch = logging.Handler()
+    catch.emit = failed_fetches.append  # type: ignore[method-assign]
+
+    async def close_during_the_outage() -> tuple[bool, bool]:
+        # a back-off far longer than the test: the failed request still waits at stop()
+        consumer = AIOKafkaConsumer(
+            enable_auto_commit=False, retry_backoff_ms=60_000,
+            **settings.kafka_client_options(),
+        )
+        await consumer.start()
+        consumer.assign([tp])
+        await consumer.getmany(timeout_ms=1_000)  # the fetch loop runs
+        kafka_broker.kill()
+        deadline = time.monotonic() + 10
+        while not failed_fetches and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await close_client(consumer, "test")
+        current = asyncio.current_task()
+        return bool(failed_fetches), current is not None and current.cancelling() > 0
+
+    fetcher_log.addHandler(catch)
+    try:
+        waited, cancelled = asyncio.run(close_during_the_outage())
+    finally:
+        fetcher_log.removeHandler(catch)
+        kafka_broker.start()
+    assert waited, "no fetch request failed and waited to retry: the case was not reached"
+    assert not cancelled

@@ -30,7 +30,7 @@ from streams.history.stage import HistoryStage
 from streams.ingest.processes import IngestProcesses
 from streams.ingest.stage import IngestStage
 from streams.kafka import access, faust_transport
-from streams.kafka.io import STATE_RECORD_MAX_BYTES
+from streams.kafka.io import STATE_RECORD_MAX_BYTES, being_cancelled
 from streams.kafka.outage import is_fatal
 from streams.kafka.stage import read_partitions
 from streams.pipeline_metrics import PipelineMetrics
@@ -280,8 +280,7 @@ class Worker:
                 await stage.start()
                 await stage.run()
             except asyncio.CancelledError as cancelled:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
+                if being_cancelled():
                     raise  # the worker is stopping it
                 # a library's own cancelled future let out (see close_client): a stage
                 # ended that way would leave the worker up and serving, its input unread

@@ -7,7 +7,8 @@
 - :func:`partition_for`: the default keyed partitioner (murmur2, as Java's), and
   :class:`KeyPartitions`, the same remembered per key.
 - :func:`raw_records`: a consumer option that hands out aiokafka's own decoded records.
-- :func:`close_client`: stop a client within a bound, whatever state the broker is in.
+- :func:`close_client`: stop a client within a bound, whatever state the broker is in;
+  :func:`being_cancelled` tells a cancellation of ours from one aiokafka lets out.
 """
 
 from __future__ import annotations
@@ -154,6 +155,13 @@ class KeyPartitions:
         return partition
 
 
+def being_cancelled() -> bool:
+    """Whether the running task itself has been asked to stop. A ``CancelledError`` can
+    also be a library's own cancelled future let out (see :func:`close_client`)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 async def close_client(client: AIOKafkaConsumer | AIOKafkaProducer, owner: str) -> None:
     """Stop a client within a bound: a stalled or dead broker must not hold a restart,
     a restore or a stop up. What the client still had in flight is abandoned (the broker
@@ -170,8 +178,7 @@ async def close_client(client: AIOKafkaConsumer | AIOKafkaProducer, owner: str) 
             await client.stop()
         return
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        if being_cancelled():
             raise
         reason = "a cancelled request of its own"
     except Exception as exc:  # noqa: BLE001 - a broken client: nothing to save

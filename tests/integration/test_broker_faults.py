@@ -24,7 +24,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
-from streams.kafka.io import close_client, ensure_topics
+from streams.kafka.io import being_cancelled, close_client, ensure_topics
 from streams.kafka.stage import STALLED_AFTER_SECONDS
 from streams.settings import Settings
 from tests.faults import FaultRun
@@ -173,8 +173,7 @@ def test_a_consumer_closed_while_its_fetch_waits_to_retry_leaves_its_caller_runn
         while not failed_fetches and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await close_client(consumer, "test")
-        current = asyncio.current_task()
-        return bool(failed_fetches), current is not None and current.cancelling() > 0
+        return bool(failed_fetches), being_cancelled()
 
     fetcher_log.addHandler(catch)
     try:

@@ -4,7 +4,8 @@ One input partition's state goes to the changelog partition of the same number, 
 transaction of the batch that changed it, as a few records per batch rather than one
 per conversation (which was 0.5 records per event, nearly all the records we wrote):
 
-- ``\\x00clock``: the partition clock; every batch replaces it.
+- ``\\x00clock``: the partition clock, and the input offset the state has applied up to
+  (where a restored stage resumes its input); every batch replaces it.
 - ``\\x00ids:<offset>:<n>``: the event ids the batch accepted, with their event time.
 - ``\\x00conversations:<offset>:<n>`` and ``\\x00inmail:<offset>:<n>``: the
   conversations the batch started or changed, whole. InMail conversations are

@@ -75,6 +75,7 @@ class IngestPartition:
     sent_mark: tuple[Any, ...] | None = None  # last (window of wm, window of max_ts, idle)
     restoring: int = 0  # changelog records read back and not yet written to the store
     restored_through: int | None = None  # the offset of the last of them
+    resume_at: int | None = None  # the input offset after the last batch its state holds
 
 
 @dataclass(slots=True)
@@ -179,13 +180,18 @@ class IngestStage(TransactionalStage[IngestPartition]):
         core.conversations.restored()
         raw = store.get(CLOCK_KEY)
         if raw is not None:
-            core.clock.max_ts = or_minus_inf(orjson.loads(raw)["max_ts"])
+            clock = orjson.loads(raw)
+            core.clock.max_ts = or_minus_inf(clock["max_ts"])
+            state.resume_at = clock.get("resume_at")  # earlier versions: not written
         batches = [orjson.loads(value) for _, value in store.items(IDS_PREFIX)]
         batches.sort(key=lambda ids: max(ts for _, ts in ids))  # oldest first, as expiry
         for ids in batches:
             core.event_ids.update(ids)
         core.expire()
         store.commit(None)
+
+    def resume_at(self, state: IngestPartition) -> int | None:
+        return state.resume_at
 
     def checkpoint(self, writer: BatchWriter) -> None:
         for partition, state in self.partitions.items():
@@ -249,7 +255,9 @@ class IngestStage(TransactionalStage[IngestPartition]):
             store.stage(key, value)  # read back into memory on restore
             lives.track(key, expires)
         await self._expire(tp.partition, state, writer)
-        value = orjson.dumps({"max_ts": finite_or_none(core.clock.max_ts)})
+        value = orjson.dumps(
+            {"max_ts": finite_or_none(core.clock.max_ts), "resume_at": last_offset + 1}
+        )
         await writer.add(state_topic, tp.partition, CLOCK_KEY, value)
         store.stage(CLOCK_KEY, value)
 

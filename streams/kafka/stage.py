@@ -163,6 +163,12 @@ class TransactionalStage(ABC, Generic[State]):
     def restored(self, state: State) -> None:
         """The state's changelog partition is read up to its end."""
 
+    def resume_at(self, state: State) -> int | None:
+        """The input offset a restored state has applied everything before, as its
+        changelog says (written in the same transaction as the group's offsets, so the
+        two agree); None: it does not say (a fresh state, an earlier version's)."""
+        return None
+
     def checkpoint(self, writer: BatchWriter) -> None:
         """After each committed transaction (``writer.last_offset`` says where its
         changelog records are): e.g. write a local copy of the state."""
@@ -469,6 +475,14 @@ class TransactionalStage(ABC, Generic[State]):
                 for partition in taken:
                     del self._to_restore[partition]
                     self.partitions[partition] = states[partition]
+                    # The input resumes where the state says, not where the group's
+                    # committed offsets do: aiokafka's OffsetFetch (v3) cannot ask for
+                    # stable offsets, and just after a broker restart it may be answered
+                    # with those before the last committed transaction. Resumed from
+                    # there, a stage would apply input its state already holds again.
+                    resume_at = self.resume_at(states[partition])
+                    if resume_at is not None:
+                        self.consumer.seek(TopicPartition(self.input_topic, partition), resume_at)
                 self.consumer.resume(*(TopicPartition(self.input_topic, p) for p in taken))
         finally:
             for partition, state in states.items():

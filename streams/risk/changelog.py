@@ -4,8 +4,8 @@ One sender-activity partition's state goes to the changelog partition of the sam
 number, in the transaction of the batch that changed it, as what the batch changed
 rather than the whole state:
 
-- ``\\x00header``: the watermark, the recent windows' tallies and the late events;
-  small, every batch replaces it.
+- ``\\x00header``: the watermark, the recent windows' tallies, the late events and the
+  input offset the state has applied up to; small, every batch replaces it.
 - ``\\x00h:<recruiter id>``: one record per recruiter, its whole InMail history
   (``[[bucket, sent, responses], ...]``: at most a horizon's buckets, small), written by
   the batch that changed it (at a window close) and tombstoned by the batch that forgot

@@ -77,6 +77,7 @@ class RiskPartition:
     # uncompacted changelog holds one per batch of the earlier version)
     snapshot: bytes | None = None
     restored_through: int | None = None  # the offset of the last of them
+    resume_at: int | None = None  # the input offset after the last batch its state holds
 
 
 class RiskStage(TransactionalStage[RiskPartition]):
@@ -155,7 +156,9 @@ class RiskStage(TransactionalStage[RiskPartition]):
             part.upgrading = (state.windows, state.responses)
         raw = store.get(HEADER_KEY)
         if raw is not None:
-            state.restore_header(orjson.loads(raw))
+            header = orjson.loads(raw)
+            state.restore_header(header)
+            part.resume_at = header.get("resume_at")  # earlier versions: not written
         state.windows, state.responses, part.window_keys = {}, {}, {}
         if part.upgrading is not None:
             state.windows, state.responses = part.upgrading
@@ -194,6 +197,9 @@ class RiskStage(TransactionalStage[RiskPartition]):
         assert increments is not None and changed is not None  # restored() set them
         self._track(part)
         return increments, changed
+
+    def resume_at(self, part: RiskPartition) -> int | None:
+        return part.resume_at
 
     def checkpoint(self, writer: BatchWriter) -> None:
         for partition, part in self.partitions.items():
@@ -242,7 +248,7 @@ class RiskStage(TransactionalStage[RiskPartition]):
                 await writer.add(topic, partition, key, value)
                 store.stage(key, value)
                 part.window_keys.setdefault(start, []).append(key)
-        header = orjson.dumps(state.header())
+        header = orjson.dumps({**state.header(), "resume_at": last_offset + 1})
         await writer.add(topic, partition, HEADER_KEY, header)
         store.stage(HEADER_KEY, header)
         if upgrading:

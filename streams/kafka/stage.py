@@ -43,6 +43,9 @@ STALLED_AFTER_SECONDS = 5.0  # a batch in flight this long: the broker is not an
 MAX_UNEXPECTED_IN_A_ROW = 5  # failures not Kafka's (bugs) before the stage gives up
 MAX_YOUNG_FENCINGS, FENCING_WINDOW_SECONDS = 3, 300.0  # a twin with our transactional id
 
+UNDECIDED_POLL_SECONDS = 0.1  # how often a restore asks whether a transaction is decided
+UNDECIDED_REPORTED_AFTER_SECONDS = 1.0
+
 State = TypeVar("State")
 
 
@@ -51,8 +54,9 @@ async def read_partitions(
     on_record: Callable[[int, Any], None],
     start_at: Callable[[int, int, int], int] | None = None,
 ) -> int:
-    """Read committed records of some partitions up to their current end: from their
-    start, or from where ``start_at(partition, beginning, end)`` says."""
+    """Read committed records of some partitions up to their end, once every transaction
+    written to them before is decided (see :func:`_decided_ends`): from their start, or
+    from where ``start_at(partition, beginning, end)`` says."""
     reader = AIOKafkaConsumer(
         isolation_level="read_committed", enable_auto_commit=False,
         value_deserializer=raw_records, **options,
@@ -63,7 +67,7 @@ async def read_partitions(
         tps = [TopicPartition(topic, p) for p in partitions]
         reader.assign(tps)
         beginnings = await reader.beginning_offsets(tps)
-        ends = await reader.end_offsets(tps)
+        ends = await _decided_ends(reader, options, tps)
         remaining = set()
         for tp in tps:
             start = beginnings[tp]
@@ -84,6 +88,41 @@ async def read_partitions(
     finally:
         await close_client(reader, "a restore")
     return records
+
+
+async def _decided_ends(
+    reader: AIOKafkaConsumer, options: dict[str, Any], tps: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Where a restore of ``tps`` ends: each partition's last stable offset, once it has
+    reached the partition's high watermark as this restore began, so that every
+    transaction written before then is decided. A previous owner that was stalled or
+    cut off mid-commit may still commit its batch after the group gave the partition to
+    us: read only up to the stable offset before that, the state would lack the batch
+    and the stage would apply its input again, counting it twice. This is the restore's
+    ``require_stable`` (KIP-447): the wait ends when that owner commits or is fenced,
+    or when the broker aborts its transaction (``TRANSACTION_TIMEOUT_MS``)."""
+    # a consumer of the default isolation level lists the high watermarks
+    probe = AIOKafkaConsumer(enable_auto_commit=False, **options)
+    await probe.start()
+    try:
+        written = await probe.end_offsets(tps)
+    finally:
+        await close_client(probe, "a restore")
+    began, reported = time.monotonic(), False
+    while True:
+        stable = await reader.end_offsets(tps)
+        undecided = sorted(tp.partition for tp in tps if stable[tp] < written[tp])
+        if not undecided:
+            if reported:
+                log.info("%s: the pending transaction is decided after %.1f s; restoring",
+                         tps[0].topic, time.monotonic() - began)
+            return stable
+        if not reported and time.monotonic() - began >= UNDECIDED_REPORTED_AFTER_SECONDS:
+            reported = True
+            log.info("%s partitions %s hold a transaction still pending (a previous "
+                     "owner's batch): the restore waits until it is committed or aborted",
+                     tps[0].topic, undecided)
+        await asyncio.sleep(UNDECIDED_POLL_SECONDS)
 
 
 async def _close(stage: str, clients: list[AIOKafkaConsumer | AIOKafkaProducer]) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -109,6 +111,20 @@ class WorkerProcess:
             self.process = None
             wait_until(lambda: not [p for p in family if _alive(p)], 15,
                        f"the killed worker's child processes {family[1:]} to exit")
+
+    def stall(self) -> None:
+        """SIGSTOP the worker and its child processes, as a VM pause or swap storm does."""
+        self._signal_family(signal.SIGSTOP)
+
+    def wake(self) -> None:
+        """SIGCONT what :meth:`stall` stopped."""
+        self._signal_family(signal.SIGCONT)
+
+    def _signal_family(self, signum: int) -> None:
+        if self.process is not None:
+            for pid in with_descendants([self.process.pid]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
 
     def descendants(self) -> list[int]:
         return with_descendants([self.process.pid])[1:] if self.process is not None else []

@@ -559,9 +559,15 @@ class TransactionalStage(ABC, Generic[State]):
                 await self.process(tp, state, messages, writer)
                 offsets[tp] = messages[-1].offset + 1
             await self.after_batch(writer)
+            # Every record in the partitions' logs before the offsets are committed: once
+            # the group has taken the offsets, a new owner's restore must see this
+            # transaction as pending (see _decided_ends), which it cannot while the
+            # records are still in our buffers. A worker frozen in between (a stalled
+            # VM) would otherwise wake up, write them and commit after the new owner
+            # restored without them and applied the batch again.
+            await writer.flush()
             if offsets:
                 await self.producer.send_offsets_to_transaction(offsets, self.group_id)
-            await writer.flush()
             await self.producer.commit_transaction()
         finally:
             stalled.cancel()

@@ -138,10 +138,16 @@ class FencedTxnOffsetCommitHandler(TxnOffsetCommitHandler):
         for _, partitions, _ in resp.topics:
             for _, error_code, _ in partitions:
                 if error_code in FENCED_CODES:  # the batch is not ours to commit any more
-                    self._sender._txn_manager.error_transaction(Errors.CommitFailedError(
+                    txn = self._sender._txn_manager
+                    txn.error_transaction(Errors.CommitFailedError(
                         f"group {self._group_id} has replaced this member (error "
                         f"{error_code}): its transaction is aborted"
                     ))
+                    # The stage gets the error from send_offsets_to_transaction and
+                    # starts over without committing, so nothing reads the copy aiokafka
+                    # also gives the transaction's waiter: asyncio would log it as
+                    # "Future exception was never retrieved", a traceback per fencing.
+                    txn._transaction_waiter.exception()
                     return None
         # anything else as aiokafka handles version 0, in the shape it reads
         return super().handle_response(SimpleNamespace(errors=[

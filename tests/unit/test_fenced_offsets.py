@@ -3,10 +3,13 @@ its encoding, and what a refusal does to the transaction."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from io import BytesIO
 from types import SimpleNamespace
 from typing import Any
 
+from aiokafka.producer.transaction_manager import TransactionManager
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
 from streams.kafka.fenced_offsets import (
@@ -36,6 +39,7 @@ class _Transactions:
     def __init__(self) -> None:
         self.error: BaseException | None = None
         self.committed: list[tuple[TopicPartition, int]] = []
+        self._transaction_waiter = SimpleNamespace(exception=lambda: self.error)
 
     def error_transaction(self, exc: BaseException) -> None:
         self.error = exc
@@ -44,8 +48,8 @@ class _Transactions:
         self.committed.append((tp, offset))
 
 
-def _answer(error_code: int) -> tuple[_Transactions, Any]:
-    txn = _Transactions()
+def _answer(error_code: int, txn: Any = None) -> tuple[Any, Any]:
+    txn = txn or _Transactions()
     sender = SimpleNamespace(_txn_manager=txn, _coordinator_dead=lambda kind: None,
                              _retry_backoff=0.1)
     handler = FencedTxnOffsetCommitHandler(sender, OFFSETS, "group", lambda: (7, "m", None))
@@ -66,3 +70,25 @@ def test_an_accepted_commit_is_recorded() -> None:
     assert txn.error is None
     assert sorted(txn.committed) == [(TopicPartition("t.events", 0), 77),
                                      (TopicPartition("t.events", 1), 120)]
+
+
+def test_a_refusal_leaves_no_error_for_asyncio_to_log() -> None:
+    """The stage reads the refusal from send_offsets_to_transaction and starts over;
+    aiokafka's copy on the transaction's waiter must not end as "Future exception was
+    never retrieved" (an ERROR with a traceback in the log, per fencing)."""
+
+    async def refused() -> list[str]:
+        reported: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, context: reported.append(context["message"])
+        )
+        txn = TransactionManager("tx-w0", 60_000)
+        txn.set_pid_and_epoch(4000, 3)
+        txn.begin_transaction()
+        _answer(25, txn)
+        assert txn.state.name == "ABORTABLE_ERROR"
+        del txn
+        gc.collect()
+        return reported
+
+    assert asyncio.run(refused()) == []

@@ -147,7 +147,10 @@ class Settings(BaseSettings):
     transaction_timeout_ms: int = Field(
         default=15_000,
         ge=1000,
-        description="Kafka transaction timeout of the ingest producer.",
+        description="Kafka transaction timeout of the ingest and risk stages' producers. "
+        "Also about the longest a restore waits for the transaction of a previous owner "
+        "that froze or died mid-commit (the broker aborts it then, checking every 10 s by "
+        "default).",
     )
     conversation_ttl_seconds: float = Field(
         default=7 * 86_400, gt=0, description="Event-time seconds after its start that a "

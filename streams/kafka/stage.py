@@ -45,6 +45,9 @@ MAX_YOUNG_FENCINGS, FENCING_WINDOW_SECONDS = 3, 300.0  # a twin with our transac
 
 UNDECIDED_POLL_SECONDS = 0.1  # how often a restore asks whether a transaction is decided
 UNDECIDED_REPORTED_AFTER_SECONDS = 1.0
+# A transaction still pending long after the usual timeouts may be a hanging one (the
+# broker lost track of it), which holds the partition for good: a warning now and then
+UNDECIDED_WARNED_EVERY_SECONDS = 60.0
 
 State = TypeVar("State")
 
@@ -108,20 +111,29 @@ async def _decided_ends(
         written = await probe.end_offsets(tps)
     finally:
         await close_client(probe, "a restore")
-    began, reported = time.monotonic(), False
+    began = time.monotonic()
+    reported, warned = False, began
     while True:
         stable = await reader.end_offsets(tps)
         undecided = sorted(tp.partition for tp in tps if stable[tp] < written[tp])
+        waited = time.monotonic() - began
         if not undecided:
             if reported:
                 log.info("%s: the pending transaction is decided after %.1f s; restoring",
-                         tps[0].topic, time.monotonic() - began)
+                         tps[0].topic, waited)
             return stable
-        if not reported and time.monotonic() - began >= UNDECIDED_REPORTED_AFTER_SECONDS:
+        if not reported and waited >= UNDECIDED_REPORTED_AFTER_SECONDS:
             reported = True
             log.info("%s partitions %s hold a transaction still pending (a previous "
                      "owner's batch): the restore waits until it is committed or aborted",
                      tps[0].topic, undecided)
+        if time.monotonic() - warned >= UNDECIDED_WARNED_EVERY_SECONDS:
+            warned = time.monotonic()
+            log.warning("%s partitions %s: a transaction has been pending for %.0f s and "
+                        "the restore still waits for it. Longer than its producer's "
+                        "transaction timeout and the broker's abort check (10 s) means a "
+                        "hanging transaction: kafka-transactions.sh find-hanging",
+                        tps[0].topic, undecided, waited)
         await asyncio.sleep(UNDECIDED_POLL_SECONDS)
 
 

@@ -36,5 +36,4 @@ def test_a_worker_stalled_past_its_session_loses_and_doubles_nothing(
             victim.wake()
         run.assert_exact_and_nothing_early()
     finally:
-        victim.wake()
         assert run.stop() == [0, 0], f"a worker failed to stop (FAULT_SEED={run.seed})"

@@ -13,7 +13,9 @@ Version 3 (KIP-447) carries the member's generation, member id and instance id; 
 group coordinator refuses the commit of a member that is no longer current, the
 transaction is aborted, and the stage starts over from what the group committed.
 :func:`fence_offset_commits` makes a transactional producer send that version, with
-the group metadata of the stage's consumer at the moment of the commit.
+the group metadata of the stage's consumer at the moment of the commit. A consumer with
+no membership at that moment (generation -1, no member id: its session ended) commits
+nothing: the broker does not check such a commit against the group at all.
 """
 
 from __future__ import annotations
@@ -138,16 +140,8 @@ class FencedTxnOffsetCommitHandler(TxnOffsetCommitHandler):
         for _, partitions, _ in resp.topics:
             for _, error_code, _ in partitions:
                 if error_code in FENCED_CODES:  # the batch is not ours to commit any more
-                    txn = self._sender._txn_manager
-                    txn.error_transaction(Errors.CommitFailedError(
-                        f"group {self._group_id} has replaced this member (error "
-                        f"{error_code}): its transaction is aborted"
-                    ))
-                    # The stage gets the error from send_offsets_to_transaction and
-                    # starts over without committing, so nothing reads the copy aiokafka
-                    # also gives the transaction's waiter: asyncio would log it as
-                    # "Future exception was never retrieved", a traceback per fencing.
-                    txn._transaction_waiter.exception()
+                    _refuse(self._sender, f"group {self._group_id} has replaced this "
+                            f"member (error {error_code}): its transaction is aborted")
                     return None
         # anything else as aiokafka handles version 0, in the shape it reads
         return super().handle_response(SimpleNamespace(errors=[
@@ -156,9 +150,20 @@ class FencedTxnOffsetCommitHandler(TxnOffsetCommitHandler):
         ]))
 
 
+def _refuse(sender: Any, why: str) -> None:
+    """Abort the transaction in flight: its offsets are not this member's to commit."""
+    txn = sender._txn_manager
+    txn.error_transaction(Errors.CommitFailedError(why))
+    # The stage gets the error from send_offsets_to_transaction and starts over without
+    # committing, so nothing reads the copy aiokafka also gives the transaction's
+    # waiter: asyncio would log it as "Future exception was never retrieved", a
+    # traceback per fencing.
+    txn._transaction_waiter.exception()
+
+
 def group_metadata(consumer: AIOKafkaConsumer) -> GroupMetadata:
-    """The consumer's current generation, member id and instance id (none yet: -1,
-    "" and the instance id; the broker then refuses the commit)."""
+    """The consumer's current generation, member id and instance id (none: -1, "" and
+    the instance id, which :func:`fence_offset_commits` does not send)."""
     coordinator = consumer._coordinator
     if coordinator is None:
         return -1, "", consumer._group_instance_id
@@ -172,6 +177,15 @@ def fence_offset_commits(producer: AIOKafkaProducer, consumer: AIOKafkaConsumer)
 
     async def txn_offset_commit(offsets: Any, group_id: str) -> None:
         if not offsets:
+            return
+        generation, member_id, _ = group_metadata(consumer)
+        if generation < 0 or not member_id:
+            # No membership (the session ended while the worker was frozen, and the
+            # consumer reset it): the broker takes generation -1 with no member id as a
+            # commit from outside any group and does not check it, so a frozen worker
+            # that woke up committed its batch after the new owner had taken over.
+            _refuse(sender, f"group {group_id}: this member has no membership (its "
+                    "session ended): its transaction is aborted")
             return
         try:
             node_id = await sender._find_coordinator(CoordinationType.GROUP, group_id)

@@ -17,6 +17,7 @@ from streams.kafka.fenced_offsets import (
     FencedTxnOffsetCommitRequest,
     TxnOffsetCommitRequest_v3,
     TxnOffsetCommitResponse_v3,
+    fence_offset_commits,
     request_fields,
 )
 
@@ -92,3 +93,29 @@ def test_a_refusal_leaves_no_error_for_asyncio_to_log() -> None:
         return reported
 
     assert asyncio.run(refused()) == []
+
+
+def test_a_member_without_membership_commits_nothing() -> None:
+    """After its session ended (a frozen worker), aiokafka resets the member to
+    generation -1 and no member id, which the broker would take as a commit from outside
+    the group and not check: the transaction is refused before anything is sent."""
+
+    async def commit_without_membership() -> TransactionManager:
+        txn = TransactionManager("tx-w0", 60_000)
+        txn.set_pid_and_epoch(4000, 3)
+        txn.begin_transaction()
+
+        async def no_coordinator(*_: Any) -> int:
+            raise AssertionError("nothing may be sent")
+
+        sender = SimpleNamespace(_txn_manager=txn, _find_coordinator=no_coordinator)
+        consumer = SimpleNamespace(
+            _coordinator=SimpleNamespace(generation=-1, member_id=""),
+            _group_instance_id="group-w0",
+        )
+        fence_offset_commits(SimpleNamespace(_sender=sender), consumer)
+        await sender._do_txn_offset_commit(OFFSETS, "group")
+        return txn
+
+    txn = asyncio.run(commit_without_membership())
+    assert txn.state.name == "ABORTABLE_ERROR"

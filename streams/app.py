@@ -130,6 +130,8 @@ class Worker:
             settings.aggregate_state_topic, key_serializer="raw", value_serializer="raw"
         )
         self._states: dict[int, OwnerState] = {}  # owned partials partition -> live state
+        # restores under way, started on assignment (or by a record, if that came first)
+        self._loading: dict[int, asyncio.Task[OwnerState]] = {}
         self._progress: dict[int, int] = {}  # partition -> last window published through
         # A stage that cannot go on sets the worker's exit code and calls on_failure (the
         # process's bounded shutdown); Faust's own crash path is the fallback, but it
@@ -137,12 +139,14 @@ class Worker:
         self.failed: int | None = None
         self.on_failure: Callable[[], object] | None = None
         self.app.on_partitions_revoked.connect(self._forget_revoked)
+        self.app.on_partitions_assigned.connect(self._restore_assigned)
         self.ingest: Stage = (
             IngestProcesses(settings, self.metrics.record) if settings.ingest_processes
             else IngestStage(settings, self.metrics.record)
         )
         self.risk = RiskStage(settings, self.metrics.record)
-        self.registry.register(WindowCollector(self._window_owners, settings.window_seconds))
+        self.registry.register(
+            WindowCollector(self._window_owners, settings.window_seconds, self.settled))
         owned = self.metrics.owned_partitions  # ingest: from its reports
         owned.labels("risk").set_function(lambda: len(self.risk.partitions))
         owned.labels("aggregate").set_function(lambda: len(self._assigned_partials()))
@@ -230,34 +234,71 @@ class Worker:
         self._progress[partition] = boundary
 
     async def _owner_state(self, partition: int) -> OwnerState:
-        """The agent's live state of an owned partition: from memory, else the newest
-        records of its state topic (the agent only meets a partition Faust assigned)."""
+        """The agent's live state of an owned partition: from memory, else (restored on
+        assignment, or now if a record came first) the newest records of its state topic."""
         state = self._states.get(partition)
         if state is None:
-            newest: dict[bytes | None, bytes | None] = {}
-            records = await read_partitions(
-                self.settings.kafka_client_options(), self.settings.aggregate_state_topic,
-                [partition], lambda _, message: newest.__setitem__(message.key, message.value),
-            )
-            raw = newest.get(_state_key(partition))
-            state = (
-                OwnerState.loads(raw) if raw
-                else OwnerState(partition, self.settings.window_seconds,
-                                 self.settings.inmail_response_horizon_seconds)
-            )
-            history = newest.get(_state_key(partition, "days"))
-            if history:
-                state.rollups.restore_history(orjson.loads(history))
-            self._states[partition] = state
-            log.info("aggregate restored partition %d (%d state records read)", partition,
-                     records)
+            state = await self._restoring(partition)
         return state
+
+    def _restoring(self, partition: int) -> asyncio.Task[OwnerState]:
+        """The restore of a partition's state, started once however many ask for it."""
+        task = self._loading.get(partition)
+        if task is None:
+            task = self._loading[partition] = asyncio.ensure_future(self._restore(partition))
+            task.add_done_callback(self._restore_ended)
+        return task
+
+    async def _restore(self, partition: int) -> OwnerState:
+        newest: dict[bytes | None, bytes | None] = {}
+        records = await read_partitions(
+            self.settings.kafka_client_options(), self.settings.aggregate_state_topic,
+            [partition], lambda _, message: newest.__setitem__(message.key, message.value),
+        )
+        raw = newest.get(_state_key(partition))
+        state = (
+            OwnerState.loads(raw) if raw
+            else OwnerState(partition, self.settings.window_seconds,
+                             self.settings.inmail_response_horizon_seconds)
+        )
+        history = newest.get(_state_key(partition, "days"))
+        if history:
+            state.rollups.restore_history(orjson.loads(history))
+        if self._loading.get(partition) is asyncio.current_task():  # not revoked meanwhile
+            self._states[partition] = state
+        log.info("aggregate restored partition %d (%d state records read)", partition,
+                 records)
+        return state
+
+    def _restore_ended(self, task: asyncio.Task[OwnerState]) -> None:
+        for partition, loading in list(self._loading.items()):
+            if loading is task:
+                del self._loading[partition]
+        if not task.cancelled() and task.exception() is not None:
+            # the next record of the partition tries again (and the agent raises then)
+            log.warning("aggregate could not restore a partition (%s); its next record "
+                        "retries", task.exception())
+
+    async def _restore_assigned(self, app: Any, assigned: set[Any], **kwargs: Any) -> None:
+        """Restore newly assigned partitions now, not at their next record: after the
+        input has ended (or while it pauses) none may come, and /metrics would never
+        show them (see :meth:`settled`)."""
+        for tp in assigned:
+            if tp.topic == self.settings.partials_topic and tp.partition not in self._states:
+                self._restoring(tp.partition)
 
     async def _forget_revoked(self, app: Any, revoked: set[Any], **kwargs: Any) -> None:
         for tp in revoked:
             if tp.topic == self.settings.partials_topic:
                 self._states.pop(tp.partition, None)
                 self._progress.pop(tp.partition, None)
+                self._loading.pop(tp.partition, None)  # it finishes, but keeps nothing
+
+    def settled(self) -> bool:
+        """Whether every partition this worker owns has its state here (aggregate and
+        risk): only then is the sum of its owners all that it owns."""
+        restored = self._states.keys()
+        return all(p in restored for p in self._assigned_partials()) and self.risk.settled
 
     def _window_owners(self) -> list[WindowOwner]:
         return [*self._owned_states(), *(p.state for p in self.risk.partitions.values())]

@@ -65,13 +65,11 @@ class FaultRun:
         at = self.rng.uniform(0.25, 0.6) * len(self.events)
         wait_until(lambda: self.producer.sent >= at, 60, "the fault's point in the run", 0.05)
 
-    def assert_exact_and_nothing_early(self, gauges: bool = True) -> dict[int, Any]:
-        """Every window, flag and (``gauges``) the last gauges equal the recount, none
-        closed early, nobody exited; return the recount's tallies."""
+    def assert_exact_and_nothing_early(self) -> None:
+        """Every window and gauge equal the recount, none closed early, nobody exited."""
         self.producer.join_checked(timeout=180)
         try:
-            tallies = check_run(self.settings, self.events, self.workers, crashed=True,
-                                gauges=gauges)
+            check_run(self.settings, self.events, self.workers, crashed=True)
         except AssertionError as exc:  # say what else was off: late, dropped, crashed
             raise AssertionError(f"{exc}\n{self.diagnosis()}") from None
         assert late_events(self.workers) == {
@@ -79,7 +77,6 @@ class FaultRun:
         }, f"a window closed early (FAULT_SEED={self.seed})"
         for worker in self.workers:
             assert worker.running(), f"a worker exited: see {worker.log_path}"
-        return tallies
 
     def diagnosis(self) -> str:
         """The seed, each worker's late events, and its log's warnings and errors."""

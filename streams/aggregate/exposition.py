@@ -36,9 +36,15 @@ class WindowOwner(Protocol):
 
 
 class WindowCollector(Collector):
-    def __init__(self, owners: Callable[[], Iterable[WindowOwner]], window_size: int) -> None:
+    def __init__(
+        self, owners: Callable[[], Iterable[WindowOwner]], window_size: int,
+        settled: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._owners = owners
         self._window_size = window_size
+        # False while an owner this worker was assigned is still restoring: its share
+        # would be missing from every sum, so no window is shown until it is back
+        self._settled = settled
 
     def collect(self) -> Iterator[Metric]:
         owners = list(self._owners())
@@ -48,6 +54,8 @@ class WindowCollector(Collector):
         )
         late.add_metric([], sum(o.late_events for o in owners))
         yield late
+        if not self._settled():
+            return
         closed = [o.watermark.last_closed_start for o in owners]
         starts = [start for start in closed if start is not None]
         if not starts:

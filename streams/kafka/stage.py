@@ -179,6 +179,9 @@ class TransactionalStage(ABC, Generic[State]):
         self._in_flight: asyncio.Future[None] | None = None
         # assigned, paused, state not restored yet: partition -> the assignment's token
         self._to_restore: dict[int, int] = {}
+        # the input partitions of the consumer's current assignment (None: between a
+        # revoke and the next assignment, or before the first)
+        self._assignment: set[int] | None = None
         self._assignments = 0
         # raised by the next batch: a rebalance callback failed (aiokafka only logs it)
         self._failure: BaseException | None = None
@@ -301,6 +304,12 @@ class TransactionalStage(ABC, Generic[State]):
         log.info("%s started: %d input partitions, group %s", self.name,
                  self.input_partition_count, self.group_id)
 
+    @property
+    def settled(self) -> bool:
+        """Whether the state of every input partition assigned to this stage is here."""
+        assigned = self._assignment
+        return self._started and assigned is not None and assigned <= self.partitions.keys()
+
     def _retire(self) -> list[AIOKafkaConsumer | AIOKafkaProducer]:
         """Under the lock: this incarnation is over. Its state goes (it may be ahead of
         Kafka), its rebalance callbacks no longer act, and its clients are handed back
@@ -308,6 +317,7 @@ class TransactionalStage(ABC, Generic[State]):
         whose callback may be waiting for the lock)."""
         self._retire_state()
         self._started = False
+        self._assignment = None
         self._failure = None
         clients = [getattr(self, "consumer", None), getattr(self, "producer", None)]
         return [client for client in clients if client is not None]
@@ -428,6 +438,8 @@ class TransactionalStage(ABC, Generic[State]):
 
     # --- rebalancing ----------------------------------------------------------------------
     async def on_partitions_revoked(self, revoked: list[TopicPartition], incarnation: int) -> None:
+        if incarnation == self._incarnation:
+            self._assignment = None
         async with self._lock:  # waits for an in-flight batch to commit
             if incarnation != self._incarnation:
                 return
@@ -478,6 +490,8 @@ class TransactionalStage(ABC, Generic[State]):
         over. aiokafka only logs what a callback raises, so a failure is kept for the
         next batch to raise: a partition assigned without its state would otherwise be
         skipped until the next rebalance."""
+        if incarnation == self._incarnation:
+            self._assignment = {tp.partition for tp in assigned}
         async with self._lock:
             if incarnation != self._incarnation:
                 return

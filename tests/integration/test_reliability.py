@@ -88,9 +88,8 @@ class PacedProducer(threading.Thread):
 
 
 def check_run(settings: Settings, events: list[dict[str, Any]], workers: list[WorkerProcess],
-              crashed: bool, gauges: bool = True) -> dict[int, Any]:
-    """Windows, flags and (``gauges``) the last gauges equal the recount; return the
-    tallies."""
+              crashed: bool) -> dict[int, Any]:
+    """Windows, flags and the last gauges equal the recount; return the tallies."""
     partitions = stored_events(settings, events)
     tallies = reference.recount(partitions, WINDOW)
     by_window = closed_windows(settings, tallies, WINDOW, timeout=120, crashed=crashed)
@@ -101,17 +100,11 @@ def check_run(settings: Settings, events: list[dict[str, Any]], workers: list[Wo
     expected = expected_flags(settings, partitions)
     missing, extra = expected - set(keys), set(keys) - expected
     assert not missing and not extra, f"flags missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}"
-    if gauges:
-        check_last_gauges(tallies, workers)
-    return tallies
-
-
-def check_last_gauges(tallies: dict[int, Any], workers: list[WorkerProcess]) -> None:
-    """The last window's gauges, summed over the workers, equal its recount."""
     last = max(tallies)
-    scraped = last_window_gauges(workers, last + WINDOW)
+    gauges = last_window_gauges(workers, last + WINDOW)
     expected = reference.samples(tallies[last], last + WINDOW)
-    assert {k: v for k, v in scraped.items() if k in expected} == expected
+    assert {k: v for k, v in gauges.items() if k in expected} == expected
+    return tallies
 
 
 # --- bad input ---------------------------------------------------------------------------

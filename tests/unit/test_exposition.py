@@ -24,3 +24,18 @@ def test_an_owner_without_a_watermark_does_not_break_the_scrape() -> None:
     text = generate_latest(registry).decode()
     assert 'messaging_final_cohort_conversations{channel="inmail",horizon="1h",resolution="hour"} 1.0' in text
     assert "messaging_hourly_window_end_timestamp_seconds" in text
+
+
+def test_no_window_is_shown_while_an_owned_partition_is_still_restoring() -> None:
+    owner = OwnerState(owner=0, window_size=60)
+    owner.apply(partial(0, 1, DAY0 + 10, {EVENT: 3}))
+    owner.apply(mark(0, DAY0 + 60, sources=1))
+    owner.late_events = 2
+    settled = [False]
+    registry = CollectorRegistry()
+    registry.register(WindowCollector(lambda: [owner], 60, lambda: settled[0]))
+    # a short sum would pass for the whole: no window at all until every owner is here
+    assert registry.get_sample_value("messaging_window_end_timestamp_seconds") is None
+    assert registry.get_sample_value("messaging_aggregate_late_events") == 2
+    settled[0] = True
+    assert registry.get_sample_value("messaging_window_end_timestamp_seconds") == DAY0 + 60

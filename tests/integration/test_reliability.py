@@ -94,10 +94,20 @@ def check_run(settings: Settings, events: list[dict[str, Any]], workers: list[Wo
     tallies = reference.recount(partitions, WINDOW)
     by_window = closed_windows(settings, tallies, WINDOW, timeout=120, crashed=crashed)
     assert_windows_equal_recount(by_window, tallies, WINDOW)
-    flags = [orjson.loads(m.value) for m in read_topic(settings, settings.flagged_topic)]
-    keys = [(f["rule"], f["sender_id"], f["window_start"]) for f in flags]
-    assert len(keys) == len(set(keys)), "a flag was published twice"
     expected = expected_flags(settings, partitions)
+
+    def flag_keys() -> list[tuple[str, str, int]]:
+        flags = [orjson.loads(m.value) for m in read_topic(settings, settings.flagged_topic)]
+        return [(f["rule"], f["sender_id"], f["window_start"]) for f in flags]
+
+    # The risk stage reads the ingest's activity on its own: after a rebalance it may
+    # still be restoring or catching up when the last window has closed.
+    try:
+        [keys] = wait_until(lambda: [k] if expected <= set(k := flag_keys()) else None, 60,
+                            "every flag the recount expects")
+    except TimeoutError:
+        keys = flag_keys()
+    assert len(keys) == len(set(keys)), "a flag was published twice"
     missing, extra = expected - set(keys), set(keys) - expected
     assert not missing and not extra, f"flags missing {sorted(missing)[:5]}, extra {sorted(extra)[:5]}"
     last = max(tallies)

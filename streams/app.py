@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from streams.aggregate.closed import ClosedWindow, progress_record
 from streams.aggregate.exposition import WindowCollector, WindowOwner
 from streams.aggregate.owner import OwnerState
+from streams.aggregate.state_records import NewestStates, position_headers
 from streams.catalogue import PERIODS
 from streams.history.stage import HistoryStage
 from streams.ingest.processes import IngestProcesses
@@ -169,7 +170,7 @@ class Worker:
         async for event in stream.events():
             partition = event.message.partition
             try:
-                await self._apply(partition, event.value)
+                await self._apply(partition, event.message.offset, event.value)
             except BaseException:
                 # The state in memory may have moved past windows it did not publish,
                 # and Faust restarts a failed agent in this process: forget it, so the
@@ -180,11 +181,12 @@ class Worker:
                 self._progress.pop(partition, None)
                 raise
 
-    async def _apply(self, partition: int, value: bytes) -> None:
+    async def _apply(self, partition: int, offset: int, value: bytes) -> None:
         """One record of a partials partition: apply it, publish what it closed, then
         this owner's progress, then save its state."""
         state = await self._owner_state(partition)
         closed = state.apply(orjson.loads(value))
+        state.position = max(state.position, offset)
         if closed:
             # Published, and acknowledged by the broker, before the state that says
             # "closed" can reach its topic: a crash in between then publishes the
@@ -207,13 +209,15 @@ class Worker:
                 await (await self.state_out.send(
                     key=_state_key(partition, "days"),
                     value=orjson.dumps(state.rollups.history_json()), partition=partition,
+                    headers=position_headers(state.position),
                 ))
         await self._publish_progress(partition, state)
         # In Kafka before this event is acknowledged, so before Faust can commit
         # past it: a restarted owner resumes from a state at or ahead of the
         # committed offset, and the applied-offset marks skip what it has seen.
         await (await self.state_out.send(
-            key=_state_key(partition), value=state.dumps(), partition=partition
+            key=_state_key(partition), value=state.dumps(), partition=partition,
+            headers=position_headers(state.position),
         ))
 
     async def _publish_progress(self, partition: int, state: OwnerState) -> None:
@@ -250,25 +254,43 @@ class Worker:
         return task
 
     async def _restore(self, partition: int) -> OwnerState:
-        newest: dict[bytes | None, bytes | None] = {}
+        newest = NewestStates()  # the most advanced record of each key (see its module)
         records = await read_partitions(
             self.settings.kafka_client_options(), self.settings.aggregate_state_topic,
-            [partition], lambda _, message: newest.__setitem__(message.key, message.value),
+            [partition], lambda _, message: newest.offer(message.key, message.value,
+                                                         message.headers),
         )
-        raw = newest.get(_state_key(partition))
+        key = _state_key(partition)
+        raw = newest.get(key)
         state = (
             OwnerState.loads(raw) if raw
             else OwnerState(partition, self.settings.window_seconds,
                              self.settings.inmail_response_horizon_seconds)
         )
+        state.position = newest.position(key)
         history = newest.get(_state_key(partition, "days"))
         if history:
             state.rollups.restore_history(orjson.loads(history))
         if self._loading.get(partition) is asyncio.current_task():  # not revoked meanwhile
+            await self._write_again(partition, newest)
             self._states[partition] = state
         log.info("aggregate restored partition %d (%d state records read)", partition,
                  records)
         return state
+
+    async def _write_again(self, partition: int, newest: NewestStates) -> None:
+        """A record that lost to an earlier, more advanced one was the last of its key:
+        write the winner again, or compaction would keep the loser."""
+        for key in sorted(k for k in newest.superseded if k is not None):
+            log.warning("aggregate partition %d: the last %r state record is behind an "
+                        "earlier one (a worker frozen or cut off from the group kept "
+                        "writing after its partitions moved); restored the most advanced "
+                        "(position %d) and wrote it again", partition, key,
+                        newest.position(key))
+            await (await self.state_out.send(
+                key=key, value=newest.get(key), partition=partition,
+                headers=position_headers(newest.position(key)),
+            ))
 
     def _restore_ended(self, task: asyncio.Task[OwnerState]) -> None:
         for partition, loading in list(self._loading.items()):

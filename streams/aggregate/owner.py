@@ -54,6 +54,9 @@ class OwnerState:
     cohorts: Cohorts = field(init=False)
     late_events: int = 0
     duplicates: int = 0
+    # the partials offset this state reflects: kept in its record's header, not in it
+    # (a restore compares records by it without decoding them; see state_records)
+    position: int = -1
 
     def __post_init__(self) -> None:
         self.watermark = GlobalWatermark(self.window_size)

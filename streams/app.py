@@ -51,6 +51,7 @@ def _state_key(partition: int, part: str = "") -> bytes:
 # them (streams.history.assembly). The topic is made with one partition; one made with
 # more still gets everything on the first.
 METRICS_PARTITION = 0
+RESTORE_RETRY_SECONDS = 2.0  # an aggregate restore that failed (Kafka away) tries again
 
 _CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
 
@@ -133,6 +134,7 @@ class Worker:
         self._states: dict[int, OwnerState] = {}  # owned partials partition -> live state
         # restores under way, started on assignment (or by a record, if that came first)
         self._loading: dict[int, asyncio.Task[OwnerState]] = {}
+        self._aggregate_assigned = False  # Faust has assigned partials partitions (or none)
         self._progress: dict[int, int] = {}  # partition -> last window published through
         # A stage that cannot go on sets the worker's exit code and calls on_failure (the
         # process's bounded shutdown); Faust's own crash path is the fallback, but it
@@ -171,14 +173,16 @@ class Worker:
             partition = event.message.partition
             try:
                 await self._apply(partition, event.message.offset, event.value)
-            except BaseException:
+            except BaseException as exc:
                 # The state in memory may have moved past windows it did not publish,
-                # and Faust restarts a failed agent in this process: forget it, so the
-                # partition's next event reloads the last saved state and publishes
-                # them again (else the history would take the next progress record for
+                # and Faust restarts a failed agent in this process: forget it, and
+                # reload the last saved state, which publishes them again at the next
+                # mark (else the history would take the next progress record for
                 # "published" and write those windows without this owner's share).
                 self._states.pop(partition, None)
                 self._progress.pop(partition, None)
+                if isinstance(exc, Exception) and partition in self._assigned_partials():
+                    self._restoring(partition)  # not at a next record: none may come
                 raise
 
     async def _apply(self, partition: int, offset: int, value: bytes) -> None:
@@ -242,7 +246,8 @@ class Worker:
         assignment, or now if a record came first) the newest records of its state topic."""
         state = self._states.get(partition)
         if state is None:
-            state = await self._restoring(partition)
+            # shielded: the agent cancelled (stopping) must not cancel a shared restore
+            state = await asyncio.shield(self._restoring(partition))
         return state
 
     def _restoring(self, partition: int) -> asyncio.Task[OwnerState]:
@@ -271,8 +276,9 @@ class Worker:
         history = newest.get(_state_key(partition, "days"))
         if history:
             state.rollups.restore_history(orjson.loads(history))
-        if self._loading.get(partition) is asyncio.current_task():  # not revoked meanwhile
+        if self._current(partition):
             await self._write_again(partition, newest)
+        if self._current(partition):  # not revoked meanwhile, the write included
             self._states[partition] = state
         log.info("aggregate restored partition %d (%d state records read)", partition,
                  records)
@@ -292,24 +298,39 @@ class Worker:
                 headers=position_headers(newest.position(key)),
             ))
 
+    def _current(self, partition: int) -> bool:
+        """Whether the running restore is still the partition's (no revoke since)."""
+        return self._loading.get(partition) is asyncio.current_task()
+
     def _restore_ended(self, task: asyncio.Task[OwnerState]) -> None:
-        for partition, loading in list(self._loading.items()):
-            if loading is task:
-                del self._loading[partition]
-        if not task.cancelled() and task.exception() is not None:
-            # the next record of the partition tries again (and the agent raises then)
-            log.warning("aggregate could not restore a partition (%s); its next record "
-                        "retries", task.exception())
+        mine = [p for p, loading in self._loading.items() if loading is task]
+        for partition in mine:
+            del self._loading[partition]
+        if task.cancelled() or task.exception() is None or not mine:
+            return  # done, or revoked meanwhile (nothing to retry)
+        # Still ours: again in a while (an agent awaiting it raises meanwhile), not at
+        # the partition's next record, which after the input ended never comes.
+        log.warning("aggregate could not restore partitions %s (%s); it tries again in "
+                    "%.0f s", mine, task.exception(), RESTORE_RETRY_SECONDS)
+        for partition in mine:
+            asyncio.get_running_loop().call_later(
+                RESTORE_RETRY_SECONDS, self._restore_again, partition)
+
+    def _restore_again(self, partition: int) -> None:
+        if partition in self._assigned_partials() and partition not in self._states:
+            self._restoring(partition)
 
     async def _restore_assigned(self, app: Any, assigned: set[Any], **kwargs: Any) -> None:
         """Restore newly assigned partitions now, not at their next record: after the
         input has ended (or while it pauses) none may come, and /metrics would never
         show them (see :meth:`settled`)."""
+        self._aggregate_assigned = True
         for tp in assigned:
             if tp.topic == self.settings.partials_topic and tp.partition not in self._states:
                 self._restoring(tp.partition)
 
     async def _forget_revoked(self, app: Any, revoked: set[Any], **kwargs: Any) -> None:
+        self._aggregate_assigned = False
         for tp in revoked:
             if tp.topic == self.settings.partials_topic:
                 self._states.pop(tp.partition, None)
@@ -320,7 +341,8 @@ class Worker:
         """Whether every partition this worker owns has its state here (aggregate and
         risk): only then is the sum of its owners all that it owns."""
         restored = self._states.keys()
-        return all(p in restored for p in self._assigned_partials()) and self.risk.settled
+        return (self._aggregate_assigned and self.risk.settled
+                and all(p in restored for p in self._assigned_partials()))
 
     def _window_owners(self) -> list[WindowOwner]:
         return [*self._owned_states(), *(p.state for p in self.risk.partitions.values())]
@@ -380,6 +402,8 @@ class Worker:
 
     async def stop_stages(self) -> None:
         """Let each stage commit its batch in flight, then close its clients."""
+        for restore in list(self._loading.values()):  # no client outlives the worker
+            restore.cancel()
         await self.ingest.stop()
         await self.risk.stop()
         if self.history is not None:

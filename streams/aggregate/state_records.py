@@ -10,9 +10,11 @@ owner, would never be applied again.
 
 So every state record carries its position (the partials offset the state reflects, a
 header), and a restore takes the most advanced record of each key, not the last one.
-Positions only grow along an owner's path (a restarted owner that replays records it
-already holds writes the same state under a lower position; either is the same state).
-A record without the header (written before it existed) is older than any with it.
+Positions only grow along an owner's path (the position is the highest offset applied
+so far: an owner replaying records its state already holds keeps it). A record without
+the header was written by an earlier version, which knew no positions: as then, the
+later record wins (during a rolling upgrade it is the newer state), and the next with a
+position is compared with it as with none.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Iterable
 
 POSITION_HEADER = "position"
 
-Headers = Iterable[tuple[str, bytes]]
+Headers = Iterable[tuple[str, bytes | None]]
 
 
 def position_headers(position: int) -> list[tuple[str, bytes]]:
@@ -29,14 +31,16 @@ def position_headers(position: int) -> list[tuple[str, bytes]]:
 
 
 def position_of(headers: Headers | None) -> int:
+    """The record's position; -1 if it has none (an earlier version's record)."""
     for name, value in headers or ():
-        if name == POSITION_HEADER:
+        if name == POSITION_HEADER and value:
             return int(value)
     return -1
 
 
 class NewestStates:
-    """Per key, the most advanced record read so far (of equal positions, the later)."""
+    """Per key, the most advanced record read so far (of equal positions, the later; a
+    record without a position is taken as it comes, as before positions existed)."""
 
     def __init__(self) -> None:
         self.values: dict[bytes | None, bytes | None] = {}
@@ -45,7 +49,7 @@ class NewestStates:
 
     def offer(self, key: bytes | None, value: bytes | None, headers: Headers | None) -> None:
         position = position_of(headers)
-        if position >= self.positions.get(key, -1):
+        if position == -1 or position >= self.positions.get(key, -1):
             self.values[key] = value
             self.positions[key] = position
             self.superseded.discard(key)

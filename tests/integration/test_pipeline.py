@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+from streams.aggregate.state_records import position_of
 from streams.replay import replay
 from streams.settings import Settings
 from tests import reference
@@ -155,5 +156,12 @@ def test_windows_and_gauges_equal_an_independent_recount(
         }
         assert {r: c for r, c in invalid.items() if c} == dict(reasons)
         assert processed_total(worker) == EVENTS
+
+        # --- the aggregate's state records: each with its position, never going back --
+        positions: dict[bytes, list[int]] = {}
+        for message in read_topic(settings, settings.aggregate_state_topic):
+            positions.setdefault(message.key, []).append(position_of(message.headers))
+        assert positions and all(p >= 0 for ps in positions.values() for p in ps)
+        assert all(ps == sorted(ps) for ps in positions.values())
     finally:
         assert worker.stop() == 0

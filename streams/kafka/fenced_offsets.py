@@ -129,6 +129,20 @@ class FencedTxnOffsetCommitHandler(TxnOffsetCommitHandler):
         super().__init__(sender, offsets, group_id)
         self._member = member
 
+    async def do(self, node_id: int) -> bool:
+        # Checked here, not before the coordinator look-up: the membership can end
+        # while that waits, and nothing awaits between this and create_request().
+        generation, member_id, _ = self._member()
+        if generation < 0 or not member_id:
+            # No membership (the session ended while the worker was frozen, and the
+            # consumer reset it): the broker takes generation -1 with no member id as
+            # a commit from outside any group and does not check it, so a frozen
+            # worker that woke up committed its batch after the new owner took over.
+            _refuse(self._sender, f"group {self._group_id}: this member has no "
+                    "membership (its session ended): its transaction is aborted")
+            return False
+        return bool(await super().do(node_id))
+
     def create_request(self) -> FencedTxnOffsetCommitRequest:
         txn = self._sender._txn_manager
         return FencedTxnOffsetCommitRequest(request_fields(
@@ -177,15 +191,6 @@ def fence_offset_commits(producer: AIOKafkaProducer, consumer: AIOKafkaConsumer)
 
     async def txn_offset_commit(offsets: Any, group_id: str) -> None:
         if not offsets:
-            return
-        generation, member_id, _ = group_metadata(consumer)
-        if generation < 0 or not member_id:
-            # No membership (the session ended while the worker was frozen, and the
-            # consumer reset it): the broker takes generation -1 with no member id as a
-            # commit from outside any group and does not check it, so a frozen worker
-            # that woke up committed its batch after the new owner had taken over.
-            _refuse(sender, f"group {group_id}: this member has no membership (its "
-                    "session ended): its transaction is aborted")
             return
         try:
             node_id = await sender._find_coordinator(CoordinationType.GROUP, group_id)

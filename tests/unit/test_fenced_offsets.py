@@ -95,27 +95,40 @@ def test_a_refusal_leaves_no_error_for_asyncio_to_log() -> None:
     assert asyncio.run(refused()) == []
 
 
-def test_a_member_without_membership_commits_nothing() -> None:
-    """After its session ended (a frozen worker), aiokafka resets the member to
-    generation -1 and no member id, which the broker would take as a commit from outside
-    the group and not check: the transaction is refused before anything is sent."""
+def _commit_as(coordinator: Any, lost_while_looking_up: bool = False) -> TransactionManager:
+    """One offset commit through the fenced path; nothing may reach the broker."""
 
-    async def commit_without_membership() -> TransactionManager:
+    async def commit() -> TransactionManager:
         txn = TransactionManager("tx-w0", 60_000)
         txn.set_pid_and_epoch(4000, 3)
         txn.begin_transaction()
 
-        async def no_coordinator(*_: Any) -> int:
+        async def find_coordinator(*_: Any) -> int:
+            if lost_while_looking_up:  # the session ends while the look-up waits
+                coordinator.generation, coordinator.member_id = -1, ""
+            return 1
+
+        async def send(*_: Any, **__: Any) -> Any:
             raise AssertionError("nothing may be sent")
 
-        sender = SimpleNamespace(_txn_manager=txn, _find_coordinator=no_coordinator)
-        consumer = SimpleNamespace(
-            _coordinator=SimpleNamespace(generation=-1, member_id=""),
-            _group_instance_id="group-w0",
-        )
+        sender = SimpleNamespace(_txn_manager=txn, _find_coordinator=find_coordinator,
+                                 _retry_backoff=0.1, client=SimpleNamespace(send=send))
+        consumer = SimpleNamespace(_coordinator=coordinator, _group_instance_id="group-w0")
         fence_offset_commits(SimpleNamespace(_sender=sender), consumer)
         await sender._do_txn_offset_commit(OFFSETS, "group")
         return txn
 
-    txn = asyncio.run(commit_without_membership())
+    return asyncio.run(commit())
+
+
+def test_a_member_without_membership_commits_nothing() -> None:
+    """After its session ended (a frozen worker), aiokafka resets the member to
+    generation -1 and no member id, which the broker would take as a commit from outside
+    the group and not check: the transaction is refused before anything is sent."""
+    txn = _commit_as(SimpleNamespace(generation=-1, member_id=""))
+    assert txn.state.name == "ABORTABLE_ERROR"
+
+
+def test_a_membership_lost_during_the_coordinator_look_up_commits_nothing() -> None:
+    txn = _commit_as(SimpleNamespace(generation=4, member_id="m-1"), lost_while_looking_up=True)
     assert txn.state.name == "ABORTABLE_ERROR"

@@ -181,8 +181,8 @@ class Worker:
                 # "published" and write those windows without this owner's share).
                 self._states.pop(partition, None)
                 self._progress.pop(partition, None)
-                if isinstance(exc, Exception) and partition in self._assigned_partials():
-                    self._restoring(partition)  # not at a next record: none may come
+                if isinstance(exc, Exception):
+                    self._restore_if_owned(partition)  # not at a next record: none may come
                 raise
 
     async def _apply(self, partition: int, offset: int, value: bytes) -> None:
@@ -314,9 +314,10 @@ class Worker:
                     "%.0f s", mine, task.exception(), RESTORE_RETRY_SECONDS)
         for partition in mine:
             asyncio.get_running_loop().call_later(
-                RESTORE_RETRY_SECONDS, self._restore_again, partition)
+                RESTORE_RETRY_SECONDS, self._restore_if_owned, partition)
 
-    def _restore_again(self, partition: int) -> None:
+    def _restore_if_owned(self, partition: int) -> None:
+        """Restore a partition still assigned here whose state is not in memory."""
         if partition in self._assigned_partials() and partition not in self._states:
             self._restoring(partition)
 

@@ -6,7 +6,6 @@
   It works inside a transaction, because ``send_batch`` adds the partition to it.
 - :func:`partition_for`: the default keyed partitioner (murmur2, as Java's), and
   :class:`KeyPartitions`, the same remembered per key.
-- :func:`raw_records`: a consumer option that hands out aiokafka's own decoded records.
 - :func:`close_client`: stop a client within a bound, whatever state the broker is in;
   :func:`being_cancelled` tells a cancellation of ours from one aiokafka lets out.
 """
@@ -24,7 +23,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.consumer.fetcher import PartitionRecords
 from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError, for_code
 from aiokafka.structs import TopicPartition
 
@@ -76,37 +74,6 @@ def murmur2(data: bytes) -> int:
 def partition_for(key: bytes, partitions: int) -> int:
     """The default keyed partitioner of the Java client and aiokafka."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
-
-
-def raw_records(value: bytes | None) -> bytes | None:
-    """Pass as ``value_deserializer`` to get aiokafka's own records from ``getmany``.
-
-    aiokafka wraps every fetched record in a new ``ConsumerRecord`` in Python, which
-    was the largest single cost of the ingest's fetch (a tenth of its CPU). The record
-    it wraps is already there, decoded in C, with the same ``offset``, ``key``,
-    ``value``, ``timestamp`` and ``headers``; a consumer with this option gets that one
-    (no ``topic``/``partition``: ``getmany`` keys them by partition anyway). Without
-    the patch below (another aiokafka) it is an identity deserializer: same values,
-    just slower.
-    """
-    return value
-
-
-def _install_raw_records() -> None:
-    wrap = getattr(PartitionRecords, "_consumer_record", None)
-    if wrap is None or getattr(wrap, "raw_records_aware", False):
-        return
-
-    def consumer_record(self: Any, tp: Any, record: Any) -> Any:
-        if self._value_deserializer is raw_records:
-            return record
-        return wrap(self, tp, record)
-
-    consumer_record.raw_records_aware = True  # type: ignore[attr-defined]
-    PartitionRecords._consumer_record = consumer_record
-
-
-_install_raw_records()
 
 
 @dataclass(frozen=True, slots=True)

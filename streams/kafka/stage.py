@@ -23,7 +23,7 @@ from aiokafka.errors import ProducerFenced
 from aiokafka.structs import TopicPartition
 
 from streams.kafka.fenced_offsets import fence_offset_commits
-from streams.kafka.io import CLOSE_TIMEOUT_SECONDS, BatchWriter, close_client, raw_records
+from streams.kafka.io import CLOSE_TIMEOUT_SECONDS, BatchWriter, close_client
 from streams.kafka.outage import (
     RETRIABLE_ERRORS,
     RETRY_FIRST_SECONDS,
@@ -34,6 +34,7 @@ from streams.kafka.outage import (
     keep_trying,
     pause,
 )
+from streams.kafka.raw_records import raw_records
 from streams.process_memory import release_free_memory
 from streams.settings import Settings
 

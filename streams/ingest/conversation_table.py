@@ -53,6 +53,9 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
 
 _ENCODER = msgspec.json.Encoder()
 _CONVERSATION_DECODER = msgspec.json.Decoder(Conversation)
+# a batch's changed conversations: id, conversation and its JSON (the store's value,
+# and the changelog's: encoded once)
+Staged = list[tuple[str, Conversation, bytes]]
 
 
 _START = struct.Struct(">d")  # big-endian float: keys sort by start time for ts >= 0
@@ -88,9 +91,9 @@ class MemoryConversations:
     def add(self, conversation_id: str, conversation: Conversation) -> None:
         self._common[conversation_id] = conversation
 
-    def stage(self, touched: Iterable[str]) -> list[tuple[str, Conversation]]:
+    def stage(self, touched: Iterable[str]) -> Staged:
         """The changed conversations, for the changelog."""
-        return [(cid, self.get(cid)) for cid in touched]  # type: ignore[misc]
+        return [(cid, c, c.dumps()) for cid in touched for c in (self.get(cid),)]  # type: ignore[union-attr]
 
     def expire(self, oldest: float, oldest_inmail: float) -> list[str]:
         dropped, moved = [], []
@@ -148,16 +151,14 @@ class StoredConversations:
         self._cache[conversation_id] = conversation
         self._added[conversation_id] = conversation
 
-    def stage(self, touched: Iterable[str]) -> list[tuple[str, Conversation]]:
+    def stage(self, touched: Iterable[str]) -> Staged:
         """The changed conversations (for the changelog), also staged in the store; then
         the cache is trimmed to its size. (The new ones' starts are staged by
         :meth:`expire`, once it has dropped those already past their TTL.)"""
-        cache, stage = self._cache, self.store.stage
-        records = []
-        for conversation_id in touched:
-            conversation = cache[conversation_id]  # touched in this batch: still cached
-            stage(_KEY + conversation_id.encode(), conversation.dumps())
-            records.append((conversation_id, conversation))
+        cache, encode = self._cache, _ENCODER.encode
+        # touched in this batch: still cached
+        records = [(cid, c, encode(c)) for cid in touched for c in (cache[cid],)]
+        self.store.stage_all(_KEY, [(cid.encode(), raw) for cid, _, raw in records])
         excess = len(cache) - self.cache_size
         if excess > 0:
             for conversation_id in list(islice(cache, excess)):  # the least recently used

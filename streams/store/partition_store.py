@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import shutil
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
@@ -145,6 +145,12 @@ class PartitionStore:
         if index is not None:
             secondary, present = index
             self._pending[_INDEX + secondary] = b"" if present else None
+
+    def stage_all(self, prefix: bytes, items: Iterable[tuple[bytes, bytes | None]]) -> None:
+        """:meth:`stage` of many keys that share a prefix, in one call."""
+        head, pending = _DATA + prefix, self._pending
+        for key, value in items:
+            pending[head + key] = value
 
     def stage_index(self, secondary: bytes, present: bool) -> None:
         """Add or remove a secondary key alone (e.g. one that pointed at a value that has

@@ -33,10 +33,15 @@ def _conversation(start: float, channel: str = "connection") -> Conversation:
     return Conversation(start, "a", "b", channel, "recruiter" if channel == "inmail" else "member")
 
 
+def _staged(changed: list[tuple[str, Conversation]]) -> list[tuple[str, Conversation, bytes]]:
+    """As the store stages them: each with its JSON."""
+    return [(cid, conversation, conversation.dumps()) for cid, conversation in changed]
+
+
 def test_a_batch_writes_one_record_per_lifetime_keyed_by_its_offset() -> None:
     changed = [("c-1", _conversation(100.0)), ("c-2", _conversation(300.0, "inmail")),
                ("c-3", _conversation(200.0))]
-    records = conversation_records(changed, 41, ttl=1000.0, inmail_ttl=5000.0, now=300.0)
+    records = conversation_records(_staged(changed), 41, ttl=1000.0, inmail_ttl=5000.0, now=300.0)
     assert [(key, expires) for key, _, expires in records] == [
         (CONVERSATIONS_PREFIX + b"41:0", 1200.0), (INMAIL_PREFIX + b"41:0", 5300.0),
     ]
@@ -48,7 +53,7 @@ def test_a_batch_writes_one_record_per_lifetime_keyed_by_its_offset() -> None:
 
 def test_a_group_already_past_its_ttl_is_not_written() -> None:
     changed = [("old", _conversation(100.0)), ("inmail", _conversation(100.0, "inmail"))]
-    records = conversation_records(changed, 7, ttl=1000.0, inmail_ttl=5000.0, now=1100.5)
+    records = conversation_records(_staged(changed), 7, ttl=1000.0, inmail_ttl=5000.0, now=1100.5)
     assert [key for key, _, _ in records] == [INMAIL_PREFIX + b"7:0"]
 
 
@@ -58,7 +63,7 @@ def test_a_large_batch_is_split_into_records_below_the_brokers_message_limit() -
     odd = "\x01" * 3000  # six bytes each in JSON
     changed = [(f"c-{i}-{odd if i % 7 == 0 else ''}", _conversation(float(i)))
                for i in range(20_000)]
-    records = conversation_records(changed, 9, ttl=1e9, inmail_ttl=1e9, now=0.0)
+    records = conversation_records(_staged(changed), 9, ttl=1e9, inmail_ttl=1e9, now=0.0)
     assert len(records) > 1
     assert max(len(value) for _, value, _ in records) < 1 << 20
     assert [item for _, value, _ in records for item in decode_conversations(value)] == changed
@@ -183,7 +188,7 @@ def test_the_ingest_restores_its_state_from_the_records_it_writes(tmp_path: Path
     horizon = now - core.dedup_horizon
     assert {i: ts for i, ts in core.event_ids.items() if ts >= horizon} == remembered_ids
     assert len(remembered_ids) > 10
-    for conversation_id, conversation in changed:
+    for conversation_id, conversation, _ in changed:
         assert core.conversation(conversation_id) == conversation
     assert core.conversation("legacy-1") == _conversation(now - 60.0)
     restored.store.commit(len(records))

@@ -154,7 +154,7 @@ def test_a_reopened_store_gives_the_same_conversations(tmp_path: Path) -> None:
     batch = BatchWindows()
     for event in _events(3_000, seed=5):
         core.add(event, batch)
-    records = dict(core.conversations.stage(batch.touched))
+    records = {cid: c for cid, c, _ in core.conversations.stage(batch.touched)}
     store.commit(1)
     store.close()
     reopened = StoredConversations(PartitionStore(tmp_path / "p0"), cache_size=10)

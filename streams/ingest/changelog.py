@@ -29,7 +29,7 @@ import math
 import msgspec
 import orjson
 
-from streams.ingest.conversation_table import Conversation, Staged
+from streams.ingest.conversation_table import Conversation, Touched
 from streams.store import records
 from streams.store.partition_store import PartitionStore
 from streams.store.records import RECORD_BYTES, chunks, record_key
@@ -46,26 +46,27 @@ _CONVERSATIONS = msgspec.json.Decoder(Changed)
 
 
 def conversation_records(
-    changed: Staged, last_offset: int, ttl: float, inmail_ttl: float, now: float
+    changed: dict[str, Touched], last_offset: int, ttl: float, inmail_ttl: float, now: float
 ) -> list[tuple[bytes, bytes, float]]:
-    """``(key, value, expires)`` for a batch's changed conversations (with their JSON,
-    as the store got it: embedded, not encoded again). A record all of whose
-    conversations are already past their TTL (a batch can span more than it) is not
-    written: nothing would read it.
+    """``(key, value, expires)`` for a batch's changed conversations (their JSON, as the
+    store got it, is embedded, not encoded again). A record all of whose conversations
+    are already past their TTL (a batch can span more than it) is not written: nothing
+    would read it.
 
     One pass per lifetime, cutting records as it goes: about a conversation per two
     events changes, and passes over them (split, sizes, expiry, encoding) were a tenth
     of the ingest's CPU."""
-    common, inmail = [], []
-    for item in changed:
-        (inmail if item[1].channel == "inmail" else common).append(item)
+    common: list[tuple[str, Touched]] = []
+    inmail: list[tuple[str, Touched]] = []
+    for item in changed.items():
+        (inmail if item[1][2] else common).append(item)
     out: list[tuple[bytes, bytes, float]] = []
     for prefix, lifetime, group in (
         (CONVERSATIONS_PREFIX, ttl, common), (INMAIL_PREFIX, inmail_ttl, inmail),
     ):
         chunk: list[tuple[str, msgspec.Raw]] = []
         n, size, newest = 0, 0, -math.inf
-        for conversation_id, conversation, raw in group:
+        for conversation_id, (raw, started_at, _) in group:
             # characters, as RECORD_BYTES counts them (the id's, escaped, are at most 6x)
             item_size = len(conversation_id) + len(raw) + 8
             if chunk and size + item_size > RECORD_BYTES:
@@ -73,8 +74,8 @@ def conversation_records(
                 chunk, n, size, newest = [], n + 1, 0, -math.inf
             chunk.append((conversation_id, msgspec.Raw(raw)))
             size += item_size
-            if conversation.started_at > newest:  # noqa: PLR1730 (max() costs more, per item)
-                newest = conversation.started_at
+            if started_at > newest:  # noqa: PLR1730 (max() costs more, per item)
+                newest = started_at
         if chunk:
             _add_chunk(out, record_key(prefix, last_offset, n), chunk, newest + lifetime, now)
     return out

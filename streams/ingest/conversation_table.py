@@ -53,9 +53,11 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
 
 _ENCODER = msgspec.json.Encoder()
 _CONVERSATION_DECODER = msgspec.json.Decoder(Conversation)
-# a batch's changed conversations: id, conversation and its JSON (the store's value,
-# and the changelog's: encoded once)
-Staged = list[tuple[str, Conversation, bytes]]
+encode_conversation = _ENCODER.encode
+# A conversation a batch changed, as the batch's end needs it: its JSON (the store's
+# value and, embedded, the changelog's), its start and whether it is an InMail one
+# (the changelog record it goes to, and that record's life)
+Touched = tuple[bytes, float, bool]
 
 
 _START = struct.Struct(">d")  # big-endian float: keys sort by start time for ts >= 0
@@ -91,9 +93,8 @@ class MemoryConversations:
     def add(self, conversation_id: str, conversation: Conversation) -> None:
         self._common[conversation_id] = conversation
 
-    def stage(self, touched: Iterable[str]) -> Staged:
-        """The changed conversations, for the changelog."""
-        return [(cid, c, c.dumps()) for cid in touched for c in (self.get(cid),)]  # type: ignore[union-attr]
+    def stage(self, touched: dict[str, Touched]) -> None:
+        """Nothing to write: every conversation is in memory."""
 
     def expire(self, oldest: float, oldest_inmail: float) -> list[str]:
         dropped, moved = [], []
@@ -151,19 +152,16 @@ class StoredConversations:
         self._cache[conversation_id] = conversation
         self._added[conversation_id] = conversation
 
-    def stage(self, touched: Iterable[str]) -> Staged:
-        """The changed conversations (for the changelog), also staged in the store; then
-        the cache is trimmed to its size. (The new ones' starts are staged by
+    def stage(self, touched: dict[str, Touched]) -> None:
+        """The batch's changed conversations into the store's staged writes; then the
+        cache is trimmed to its size. (The new ones' starts are staged by
         :meth:`expire`, once it has dropped those already past their TTL.)"""
-        cache, encode = self._cache, _ENCODER.encode
-        # touched in this batch: still cached
-        records = [(cid, c, encode(c)) for cid in touched for c in (cache[cid],)]
-        self.store.stage_all(_KEY, [(cid.encode(), raw) for cid, _, raw in records])
+        cache = self._cache
+        self.store.stage_all(_KEY, [(cid.encode(), raw) for cid, (raw, _, _) in touched.items()])
         excess = len(cache) - self.cache_size
         if excess > 0:
             for conversation_id in list(islice(cache, excess)):  # the least recently used
                 del cache[conversation_id]
-        return records
 
     def _stage_starts(self, starts: dict[bytes, Starts]) -> None:
         for index, group in starts.items():

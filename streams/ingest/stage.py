@@ -242,9 +242,9 @@ class IngestStage(TransactionalStage[IngestPartition]):
         await self._send_activity(tp.partition, last_offset, batch, writer)
         state_topic, store, lives = settings.ingest_state_topic, state.store, state.lives
         now = core.clock.max_ts
+        core.conversations.stage(batch.touched)
         for key, value, expires in conversation_records(
-            core.conversations.stage(batch.touched), last_offset,
-            core.conversation_ttl, core.inmail_ttl, now,
+            batch.touched, last_offset, core.conversation_ttl, core.inmail_ttl, now,
         ):
             await writer.add(state_topic, tp.partition, key, value)
             lives.track(key, expires)

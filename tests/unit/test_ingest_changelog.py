@@ -23,7 +23,7 @@ from streams.ingest.changelog import (
     decode_conversations,
     id_records,
 )
-from streams.ingest.conversation_table import Conversation, StoredConversations
+from streams.ingest.conversation_table import Conversation, StoredConversations, Touched
 from streams.ingest.conversations import BatchWindows, PartitionCore
 from streams.store.partition_store import PartitionStore
 from tests.unit.test_partition_store import _events
@@ -33,9 +33,12 @@ def _conversation(start: float, channel: str = "connection") -> Conversation:
     return Conversation(start, "a", "b", channel, "recruiter" if channel == "inmail" else "member")
 
 
-def _staged(changed: list[tuple[str, Conversation]]) -> list[tuple[str, Conversation, bytes]]:
-    """As the store stages them: each with its JSON."""
-    return [(cid, conversation, conversation.dumps()) for cid, conversation in changed]
+def _staged(changed: list[tuple[str, Conversation]]) -> dict[str, Touched]:
+    """As a batch keeps the conversations it changed."""
+    batch = BatchWindows()
+    for conversation_id, conversation in changed:
+        batch.touch(conversation_id, conversation)
+    return batch.touched
 
 
 def test_a_batch_writes_one_record_per_lifetime_keyed_by_its_offset() -> None:
@@ -114,9 +117,9 @@ def test_a_rebuild_from_the_compacted_changelog_remembers_what_the_live_table_do
         for event in events[start:start + 500]:
             if core.admit(event) is None:
                 core.add(event, batch)
+        table.stage(batch.touched)
         for key, value, expires in conversation_records(
-            table.stage(batch.touched), start, core.conversation_ttl, core.inmail_ttl,
-            core.clock.max_ts,
+            batch.touched, start, core.conversation_ttl, core.inmail_ttl, core.clock.max_ts,
         ):
             offset += 1
             changelog[key] = (offset, value)
@@ -166,9 +169,10 @@ def test_the_ingest_restores_its_state_from_the_records_it_writes(tmp_path: Path
         if live.core.admit(event) is None:
             live.core.add(event, batch)
     now = live.core.clock.max_ts
-    changed = live.core.conversations.stage(batch.touched)
+    live.core.conversations.stage(batch.touched)
+    changed = {cid: live.core.conversation(cid) for cid in batch.touched}
     records = [(key, value) for key, value, _ in conversation_records(
-        changed, 2_999, live.core.conversation_ttl, live.core.inmail_ttl, now)]
+        batch.touched, 2_999, live.core.conversation_ttl, live.core.inmail_ttl, now)]
     records += [(key, value) for key, value, _ in id_records(
         batch.event_ids, 2_999, live.core.dedup_horizon, now)]
     records.append((CLOCK_KEY, b'{"max_ts": %r}' % now))
@@ -188,7 +192,7 @@ def test_the_ingest_restores_its_state_from_the_records_it_writes(tmp_path: Path
     horizon = now - core.dedup_horizon
     assert {i: ts for i, ts in core.event_ids.items() if ts >= horizon} == remembered_ids
     assert len(remembered_ids) > 10
-    for conversation_id, conversation, _ in changed:
+    for conversation_id, conversation in changed.items():
         assert core.conversation(conversation_id) == conversation
     assert core.conversation("legacy-1") == _conversation(now - 60.0)
     restored.store.commit(len(records))

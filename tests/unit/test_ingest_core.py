@@ -31,7 +31,9 @@ def run(core: PartitionCore, events: list[Event]) -> tuple[dict, set[str]]:
     batch = BatchWindows()
     for event in events:
         core.add(event, batch)
-    return batch.counts, batch.touched
+    for conversation_id, (raw, _, _) in batch.touched.items():  # as it was last changed
+        assert raw == core.conversation(conversation_id).dumps()  # type: ignore[union-attr]
+    return batch.counts, set(batch.touched)
 
 
 def test_first_reply_is_the_recipients_first_message_and_only_that() -> None:

@@ -77,14 +77,21 @@ def _batches(records: Any) -> Any:
         yield taken, batch.next_offset
 
 
-def _take(records: Any, max_records: int | None) -> tuple[list[Any], bool]:
+def _take(result: Any, records: Any, max_records: int | None) -> tuple[list[Any], bool]:
     """Up to ``max_records`` of a fetch response's records (None: all), and whether the
     response has none left. ``next_fetch_offset`` ends past the last record taken, or
-    past the last batch when a whole one was taken."""
-    state = records.__dict__
+    past the last batch when a whole one was taken.
+
+    Where the walk is kept matters: on the records it would make a cycle (the walk
+    refers to them), and a cycle keeps the whole fetch response until the cycle
+    collector runs, which the ingest has it do rarely (measured: 110 MiB more per
+    ingest process). On the ``FetchResult``, which nothing the walk holds refers to, a
+    response is freed as soon as aiokafka lets go of it, taken to the end or not."""
+    state = result.__dict__
     batches = state.get("_raw_batches")
     if batches is None:
         batches = state["_raw_batches"] = _batches(records)
+        records._records_iterator = None  # aiokafka's own walk, never started: the cycle
     rest: tuple[list[Any], int, int] | None = state.pop("_raw_rest", None)
     room = max_records if max_records is not None else -1
     taken: list[Any] = []
@@ -121,7 +128,7 @@ def _install_batch_takes() -> None:
             return getall(self, max_records)
         if not self.check_assignment(self._topic_partition):
             return []
-        taken, exhausted = _take(records, max_records)
+        taken, exhausted = _take(self, records, max_records)
         self._update_position()
         if exhausted:
             self._partition_records = None

@@ -4,7 +4,9 @@ where it would (pure: record batches built in memory, no broker)."""
 
 from __future__ import annotations
 
+import gc
 import struct
+import weakref
 from typing import Any
 
 import pytest
@@ -146,3 +148,21 @@ def test_a_corrupt_batch_is_refused() -> None:
     data[-1] ^= 0xFF
     with pytest.raises(CorruptRecordException):
         take_all(bytes(data), [], 0, [None], raw=True)
+
+
+@pytest.mark.parametrize("sizes", [[None], [1]], ids=["taken to the end", "left half-taken"])
+def test_a_response_is_freed_without_the_cycle_collector(sizes: list[int | None]) -> None:
+    """The ingest runs the cycle collector rarely: a cycle through a response would
+    keep every fetch response of the last while in memory."""
+    records = PartitionRecords(TP, MemoryRecords(batch(0, [0, 1])), [], 0, None, raw_records,
+                               True, READ_COMMITTED)
+    result = FetchResult(TP, assignment=Assignment(0), partition_records=records, backoff=0)
+    freed = weakref.ref(records)
+    gc.disable()
+    try:
+        for size in sizes:
+            result.getall(size)
+        del records, result
+        assert freed() is None
+    finally:
+        gc.enable()

@@ -52,10 +52,21 @@ def kafka_version() -> str:
     return text[start : text.index("</kafka.version>", start)]
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port free now and not handed out by this process before. Ports are
+    chosen before whoever gets them binds them, and the kernel can give the one it just
+    gave back again: a broker's two listeners once got the same port, and the test
+    session's broker did not start."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def resolve_jars(cache_dir: Path) -> Path:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import statistics
 import sys
@@ -152,6 +153,10 @@ def main(argv: list[str] | None = None) -> int:
           file=sys.stderr)
     messages = simulated_partition(args.events, args.partitions, args.seed, args.event_rate,
                                    args.speed, Settings().producer_members)
+    # the generated messages are Python objects the cycle collector would walk again and
+    # again; the live stage's fetched records are aiokafka's C records, which it does not
+    gc.collect()
+    gc.freeze()
     rounds = []
     for number in range(1, args.rounds + 1):
         with tempfile.TemporaryDirectory(prefix="mm-ingest-offline-") as state_dir:

@@ -40,7 +40,11 @@ from streams.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_SERIES_PER_WRITE = 20_000  # about 70 minute windows: a catch-up in a few requests
-RETRY_CAP_SECONDS = 30.0
+# Prometheus' own remote-write client backs off up to 5 s (max_backoff): once its
+# endpoint answers again, a write comes within that. At 30 s, a Prometheus that came
+# back waited up to half a minute for the first write, and the e2e test's compressed
+# MessagingHistoryStalled (for: 10 s) fired on a healthy stack
+RETRY_CAP_SECONDS = 5.0
 REFUSALS_TOLD_EVERY_SECONDS = 60.0
 
 

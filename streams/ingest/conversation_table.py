@@ -53,7 +53,6 @@ class Conversation(msgspec.Struct, array_like=True, gc=False):
 
 _ENCODER = msgspec.json.Encoder()
 _CONVERSATION_DECODER = msgspec.json.Decoder(Conversation)
-encode_conversation = _ENCODER.encode
 # A conversation a batch changed, as the batch's end needs it: its JSON (the store's
 # value and, embedded, the changelog's), its start and whether it is an InMail one
 # (the changelog record it goes to, and that record's life)

@@ -26,7 +26,6 @@ from streams.ingest.conversation_table import (
     MemoryConversations,
     StoredConversations,
     Touched,
-    encode_conversation,
 )
 from streams.partials import (
     ANSWER,
@@ -80,7 +79,7 @@ class BatchWindows:
         10,000 conversations scattered through memory cost 0.8 µs each to encode (we
         measured), 0.13 µs now, and a conversation changes about once per two events."""
         self.touched[conversation_id] = (
-            encode_conversation(conversation), conversation.started_at,
+            conversation.dumps(), conversation.started_at,
             conversation.channel == "inmail",
         )
 

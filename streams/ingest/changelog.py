@@ -91,15 +91,16 @@ def _add_chunk(
 
 def id_records(
     accepted: list[tuple[str, float]], last_offset: int, horizon: float, now: float
-) -> list[tuple[bytes, bytes, float]]:
-    """``(key, value, expires)`` for the event ids a batch accepted, with their ts; as
+) -> list[tuple[bytes, bytes, float, list[tuple[str, float]]]]:
+    """``(key, value, newest, ids)`` for the event ids a batch accepted, with their ts
+    (``newest``: the newest ts among them; the record expires ``horizon`` after it); as
     :func:`conversation_records`, none all of whose ids are forgotten already."""
     out = []
     sizes = [len(event_id) + 32 for event_id, _ in accepted]
     for n, chunk in enumerate(chunks(accepted, sizes)):
-        expires = ids_expiry(chunk, horizon)
-        if expires >= now:
-            out.append((record_key(IDS_PREFIX, last_offset, n), orjson.dumps(chunk), expires))
+        newest = max([ts for _, ts in chunk])
+        if newest + horizon >= now:
+            out.append((record_key(IDS_PREFIX, last_offset, n), orjson.dumps(chunk), newest, chunk))
     return out
 
 

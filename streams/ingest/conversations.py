@@ -27,6 +27,7 @@ from streams.ingest.conversation_table import (
     StoredConversations,
     Touched,
 )
+from streams.ingest.event_ids import SpilledEventIds
 from streams.partials import (
     ANSWER,
     BLOCK,
@@ -121,6 +122,7 @@ class PartitionCore:
         default_factory=MemoryConversations
     )
     event_ids: dict[str, float] = field(default_factory=dict)  # id -> ts, oldest first
+    spilled_ids: SpilledEventIds | None = None  # older ids, off the heap (with a store)
     clock: PartitionClock = field(init=False)
     inmail_ttl: float = field(init=False)
 
@@ -135,8 +137,16 @@ class PartitionCore:
         newest = self.clock.max_ts
         if ts > newest + self.max_ahead and newest != -math.inf:  # the first sets the pace
             return "timestamp_too_far_ahead"
-        seen = self.event_ids.get(event.event_id)
-        if seen is not None and seen >= newest - self.dedup_horizon:
+        event_id = event.event_id
+        seen = self.event_ids.get(event_id)
+        if seen is None:
+            spilled = self.spilled_ids
+            if (
+                spilled is not None and spilled.spilled and hash(event_id) in spilled.bloom
+                and spilled.seen(event_id, newest - self.dedup_horizon)
+            ):
+                return "duplicate_event_id"
+        elif seen >= newest - self.dedup_horizon:
             return "duplicate_event_id"
         return None
 
@@ -159,6 +169,8 @@ class PartitionCore:
             dropped_ids.append(event_id)
         for event_id in dropped_ids:
             del self.event_ids[event_id]
+        if self.spilled_ids is not None:
+            self.spilled_ids.expire(oldest)
         return dropped_conversations, dropped_ids
 
     def add(self, event: Event, batch: BatchWindows) -> bool:

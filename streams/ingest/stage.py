@@ -44,6 +44,7 @@ from streams.ingest.changelog import (
 )
 from streams.ingest.conversation_table import Conversation, StoredConversations
 from streams.ingest.conversations import BatchWindows, PartitionCore, new_core
+from streams.ingest.event_ids import SpilledEventIds
 from streams.ingest.records import activity_records, mark_record, partial_records
 from streams.kafka.io import BatchWriter, fetched_end
 from streams.kafka.outage import OutageReport
@@ -117,6 +118,7 @@ class IngestStage(TransactionalStage[IngestPartition]):
         store = PartitionStore(self.state_path / str(partition), STORE_LAYOUT)
         core = new_core(self.settings)
         core.conversations = StoredConversations(store, self.settings.state_cache_conversations)
+        core.spilled_ids = SpilledEventIds(store, self.settings.state_cache_event_ids)
         return IngestPartition(
             core, Idleness(self.settings.idle_timeout_seconds), store, RecordLives(store)
         )
@@ -170,8 +172,9 @@ class IngestStage(TransactionalStage[IngestPartition]):
                 changed, core.conversation_ttl, core.inmail_ttl))
 
     def restored(self, state: IngestPartition) -> None:
-        """The store reflects the changelog: the clock and the event ids (bounded by the
-        dedup horizon) come into memory, conversations stay on disk until needed. Then
+        """The store reflects the changelog: the clock and the newest event ids come into
+        memory (older ones within the dedup horizon are spilled: :mod:`.event_ids`),
+        conversations stay on disk until needed. Then
         what is past its horizon goes, as the live stage dropped it batch by batch: a
         record lives while anything in it does, so it can bring back conversations (and
         older values of them) that the live stage had forgotten."""
@@ -183,10 +186,11 @@ class IngestStage(TransactionalStage[IngestPartition]):
             clock = orjson.loads(raw)
             core.clock.max_ts = or_minus_inf(clock["max_ts"])
             state.resume_at = clock.get("resume_at")  # earlier versions: not written
-        batches = [orjson.loads(value) for _, value in store.items(IDS_PREFIX)]
-        batches.sort(key=lambda ids: max(ts for _, ts in ids))  # oldest first, as expiry
-        for ids in batches:
-            core.event_ids.update(ids)
+        assert core.spilled_ids is not None
+        core.spilled_ids.restore(
+            [(key, orjson.loads(value)) for key, value in store.items(IDS_PREFIX)],
+            core.event_ids,
+        )
         core.expire()
         store.commit(None)
 
@@ -248,12 +252,15 @@ class IngestStage(TransactionalStage[IngestPartition]):
         ):
             await writer.add(state_topic, tp.partition, key, value)
             lives.track(key, expires)
-        for key, value, expires in id_records(
+        spilled = core.spilled_ids
+        assert spilled is not None
+        for key, value, newest, ids in id_records(
             batch.event_ids, last_offset, core.dedup_horizon, now
         ):
             await writer.add(state_topic, tp.partition, key, value)
-            store.stage(key, value)  # read back into memory on restore
-            lives.track(key, expires)
+            store.stage(key, value)  # read back on restore, and for spilled ids
+            lives.track(key, newest + core.dedup_horizon)
+            spilled.recorded(key, ids, newest, core.event_ids)
         await self._expire(tp.partition, state, writer)
         value = orjson.dumps(
             {"max_ts": finite_or_none(core.clock.max_ts), "resume_at": last_offset + 1}

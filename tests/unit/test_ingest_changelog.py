@@ -73,8 +73,8 @@ def test_a_large_batch_is_split_into_records_below_the_brokers_message_limit() -
     assert len({key for key, _, _ in records}) == len(records)
     accepted = [(f"e-{i}" + odd * (i % 50 == 0), 1_000.0 + i) for i in range(50_000)]
     ids = id_records(accepted, 9, horizon=3600.0, now=0.0)
-    assert len(ids) > 1 and max(len(value) for _, value, _ in ids) < 1 << 20
-    assert [expires for _, _, expires in ids] == sorted(expires for _, _, expires in ids)
+    assert len(ids) > 1 and max(len(value) for _, value, _, _ in ids) < 1 << 20
+    assert [newest for _, _, newest, _ in ids] == sorted(newest for _, _, newest, _ in ids)
 
 
 def test_record_lives_yield_each_expired_record_once_in_expiry_order(tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_the_ingest_restores_its_state_from_the_records_it_writes(tmp_path: Path
     changed = {cid: live.core.conversation(cid) for cid in batch.touched}
     records = [(key, value) for key, value, _ in conversation_records(
         batch.touched, 2_999, live.core.conversation_ttl, live.core.inmail_ttl, now)]
-    records += [(key, value) for key, value, _ in id_records(
+    records += [(key, value) for key, value, _, _ in id_records(
         batch.event_ids, 2_999, live.core.dedup_horizon, now)]
     records.append((CLOCK_KEY, b'{"max_ts": %r}' % now))
     records.append((b"legacy-1", _conversation(now - 60.0).dumps()))

@@ -190,11 +190,18 @@ def test_kill_minus_9_at_random_points_loses_and_doubles_nothing(
     settings: Settings, tmp_path, ingest_processes: int
 ) -> None:
     """With child ingest processes, the kill takes them down too (they die with the
-    worker) and the restarted worker's children fence the old ones' transactions."""
-    settings = settings.model_copy(update={"ingest_processes": ingest_processes})
+    worker) and the restarted worker's children fence the old ones' transactions.
+
+    The input repeats some events, thousands of events after the first copy and within
+    the dedup horizon, and the worker keeps 300 event ids per partition in memory: the
+    repeats are found among the spilled ids, before and after each restore."""
+    settings = settings.model_copy(
+        update={"ingest_processes": ingest_processes, "state_cache_event_ids": 300}
+    )
     asyncio.run(ensure_topics(settings))
     events = simulated(60_000, seed=33)
-    producer = PacedProducer(settings, encoded(events), rate=3000)
+    records = with_repeats(encoded(events), random.Random(ingest_processes))
+    producer = PacedProducer(settings, records, rate=3000)
     rng = random.Random(9)
     worker = WorkerProcess(settings, tmp_path / "worker-0.log").start()
     producer.start()
@@ -213,8 +220,24 @@ def test_kill_minus_9_at_random_points_loses_and_doubles_nothing(
         producer.join_checked()
         assert kills[0][0] < len(events) and kills[1][0] < len(events), kills  # mid-run
         check_run(settings, events, [worker], crashed=True)
+        dlq = read_topic(settings, settings.dlq_topic)
+        reasons = Counter(dict(m.headers)["dlq.reason"].decode() for m in dlq)
+        assert reasons == {"duplicate_event_id": len(records) - len(events)}
     finally:
         assert worker.stop() == 0
+
+
+def with_repeats(
+    records: list[tuple[bytes, bytes]], rng: random.Random, share: float = 0.02
+) -> list[tuple[bytes, bytes]]:
+    """``records`` with about ``share`` of them sent again, each 2,000 to 20,000 records
+    after the first copy (at 60 events of event time a second, 2 to 20 minutes later:
+    within the hour's dedup horizon, past a few hundred ids per partition)."""
+    out = list(records)
+    for at in sorted(rng.sample(range(20_000, len(records)), int(share * len(records))),
+                     reverse=True):
+        out.insert(at, records[at - rng.randrange(2_000, 20_000)])
+    return out
 
 
 # --- the ingest's local store: kept, missing, corrupt --------------------------------------

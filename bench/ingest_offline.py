@@ -12,6 +12,8 @@ commit.
 
     python -m bench.ingest_offline                      # 250,000 events, 3 rounds
     python -m bench.ingest_offline --events 50000 --rounds 5 --json out.json
+    python -m bench.ingest_offline --partitions 1 --events 2000000 --rounds 1 \
+        --memory-every 250000     # RSS growth, event ids in memory and spilled
 
 The events are generated once per run (not measured); each round starts from a new
 store and state. Compare the median of rounds, code against code, on one machine.
@@ -23,6 +25,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -98,7 +101,14 @@ class _Timed:
         self.tail += time.process_time() - self._loop_end
 
 
-async def one_round(messages: list[Message], batch: int, state_dir: Path) -> dict[str, float]:
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def one_round(
+    messages: list[Message], batch: int, state_dir: Path, memory_every: int = 0,
+) -> dict[str, float]:
     settings = Settings(state_dir=state_dir, kafka_bootstrap_servers="127.0.0.1:1")  # unused
     stage = IngestStage(settings, report=lambda report: None)
     state = stage.partitions[0] = stage.new_state(0)
@@ -106,6 +116,7 @@ async def one_round(messages: list[Message], batch: int, state_dir: Path) -> dic
     tp = TopicPartition(settings.events_topic, 0)
     writer = CountingWriter()
     process = commit = 0.0
+    rss_before, memory = _rss_mib(), []
     for start in range(0, len(messages), batch):
         began = time.process_time()
         await stage.process(tp, state, messages[start:start + batch], writer)
@@ -115,6 +126,9 @@ async def one_round(messages: list[Message], batch: int, state_dir: Path) -> dic
         stage.checkpoint(writer)
         process += middle - began
         commit += time.process_time() - middle
+        done = min(start + batch, len(messages))
+        if memory_every and (done // memory_every > start // memory_every or done == len(messages)):
+            memory.append(_memory_sample(state, done, _rss_mib() - rss_before))
     stage.close_state(state)
     n = len(messages)
     return {
@@ -123,7 +137,21 @@ async def one_round(messages: list[Message], batch: int, state_dir: Path) -> dic
         "batch_records_us": timed.tail / n * 1e6,
         "store_commit_us": commit / n * 1e6,
         "records_written": writer.records,
+        "memory": memory,
     }
+
+
+def _memory_sample(state: Any, events: int, rss_growth_mib: float) -> dict[str, float]:
+    """What the partition's state holds in memory now, and the process's RSS growth."""
+    core, spilled = state.core, state.core.spilled_ids
+    sample = {"events": events, "rss_growth_mib": round(rss_growth_mib, 1),
+              "ids_in_memory": len(core.event_ids),
+              "ids_spilled": spilled.fingerprints if spilled else 0,
+              "bloom_kib": spilled.bloom.size_in_bits // 8 // 1024 if spilled else 0}
+    print("  after {events:,} events: RSS +{rss_growth_mib} MiB; event ids in memory "
+          "{ids_in_memory:,}, spilled {ids_spilled:,} (filter {bloom_kib:,} KiB)".format(**sample),
+          file=sys.stderr)
+    return sample
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--event-rate", type=float, default=20_000.0)
     parser.add_argument("--speed", type=float, default=60.0)
     parser.add_argument("--json", type=Path, default=None, help="also write the rounds here")
+    parser.add_argument("--memory-every", type=int, default=0, metavar="N",
+                        help="every N events of each round, print its RSS growth and its "
+                        "event ids in memory and spilled (default: off)")
     return parser
 
 
@@ -160,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     rounds = []
     for number in range(1, args.rounds + 1):
         with tempfile.TemporaryDirectory(prefix="mm-ingest-offline-") as state_dir:
-            result = asyncio.run(one_round(messages, args.batch, Path(state_dir)))
+            result = asyncio.run(
+                one_round(messages, args.batch, Path(state_dir), args.memory_every)
+            )
         rounds.append(result)
         print(f"round {number}: {result['us_per_event']:.2f} µs/event CPU (loop "
               f"{result['loop_us']:.2f}, batch records {result['batch_records_us']:.2f}, "

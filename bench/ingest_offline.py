@@ -36,6 +36,7 @@ from typing import Any
 import orjson
 from aiokafka.structs import TopicPartition
 
+from bench.procs import status_kb
 from producers.profile import SimulationProfile
 from producers.simulator import Simulator
 from streams import collector
@@ -102,8 +103,7 @@ class _Timed:
 
 
 def _rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return status_kb(os.getpid(), "VmRSS") / 1024
 
 
 async def one_round(

@@ -98,7 +98,7 @@ def id_records(
     out = []
     sizes = [len(event_id) + 32 for event_id, _ in accepted]
     for n, chunk in enumerate(chunks(accepted, sizes)):
-        newest = max([ts for _, ts in chunk])
+        newest = ids_newest(chunk)
         if newest + horizon >= now:
             out.append((record_key(IDS_PREFIX, last_offset, n), orjson.dumps(chunk), newest, chunk))
     return out
@@ -118,9 +118,14 @@ def conversations_expiry(changed: Changed, ttl: float, inmail_ttl: float) -> flo
                                           else ttl) for _, conversation in changed)
 
 
+def ids_newest(accepted: list[tuple[str, float]]) -> float:
+    """The newest ts of these event ids."""
+    return max([ts for _, ts in accepted])
+
+
 def ids_expiry(accepted: list[tuple[str, float]], horizon: float) -> float:
     """When the newest of these event ids is past the dedup horizon."""
-    return max([ts for _, ts in accepted]) + horizon
+    return ids_newest(accepted) + horizon
 
 
 class RecordLives(records.RecordLives):

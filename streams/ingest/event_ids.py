@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import orjson
 from rbloom import Bloom
 
+from streams.ingest.changelog import ids_newest
 from streams.store.partition_store import PartitionStore
 
 FALSE_POSITIVE_RATE = 0.001  # ~1.8 bytes an id; a hit costs a few binary searches
@@ -127,7 +128,7 @@ class SpilledEventIds:
         """The store's records of ids, after a restore: the newest ``cache`` ids into
         memory, oldest first as the live stage had them, the others spilled."""
         with_newest = sorted(
-            ((key, max(ts for _, ts in ids), ids) for key, ids in records if ids),
+            ((key, ids_newest(ids), ids) for key, ids in records if ids),
             key=lambda record: record[1],
         )
         held, in_memory = 0, 0

@@ -46,6 +46,24 @@ class _Spilled:
     fingerprints: array  # sorted hash() of its ids
 
 
+def _holds(record: bytes, event_id: str, oldest: float) -> bool:
+    """Whether a changelog record of ids (``[["<id>",<ts>],...]``, as orjson wrote it)
+    holds ``event_id`` with ts ``oldest`` or later. Searched in its bytes, not decoded: a
+    record holds thousands of ids, and a burst of redelivered events (a producer's retried
+    batch) confirms one match each. ``["`` only starts an element (inside a JSON string a
+    quote is escaped), so a match is the id's whole string; the same id can be in one
+    record twice (accepted again past the horizon within a batch)."""
+    needle = b"[" + orjson.dumps(event_id) + b","
+    at = record.find(needle)
+    while at >= 0:
+        start = at + len(needle)
+        end = record.index(b"]", start)
+        if float(record[start:end]) >= oldest:
+            return True
+        at = record.find(needle, end)
+    return False
+
+
 class SpilledEventIds:
     """The ids of one partition beyond the cache, and the records whose ids are still in
     memory (the cache's units, oldest first: they are spilled in that order)."""
@@ -107,9 +125,7 @@ class SpilledEventIds:
             if at == len(fingerprints) or fingerprints[at] != fingerprint:
                 continue
             value = self.store.get(spilled.key)  # None: forgotten with its life
-            if value is not None and any(
-                seen_id == event_id and ts >= oldest for seen_id, ts in orjson.loads(value)
-            ):
+            if value is not None and _holds(value, event_id, oldest):
                 return True
         return False
 

@@ -13,11 +13,13 @@ from typing import Any
 
 import orjson
 from aiokafka.structs import TopicPartition
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from producers.profile import SimulationProfile
 from producers.simulator import Simulator
 from streams.ingest import event_ids
-from streams.ingest.event_ids import SpilledEventIds
+from streams.ingest.event_ids import SpilledEventIds, _holds
 from streams.ingest.stage import IngestPartition, IngestStage
 from streams.settings import Settings
 from streams.store.partition_store import PartitionStore
@@ -169,3 +171,19 @@ def test_the_filter_is_rebuilt_before_it_fills_and_after_records_expire(tmp_path
     assert spilled.fingerprints == sum(len(s.fingerprints) for s in spilled.spilled) < 60 * 7
     assert event_ids.FALSE_POSITIVE_RATE <= 0.01
     store.close()
+
+
+_IDS = st.text(alphabet=st.sampled_from('ab"\\[],: é\u2028'), min_size=0, max_size=6)
+_TS = st.one_of(st.integers(0, 9), st.floats(0, 9, allow_nan=False).map(lambda t: round(t, 3)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(records=st.lists(st.tuples(_IDS, _TS), max_size=12), event_id=_IDS, oldest=_TS)
+def test_a_record_is_searched_in_its_bytes_as_decoding_it_would_answer(
+    records: list[tuple[str, float]], event_id: str, oldest: float,
+) -> None:
+    """Ids made of JSON's own punctuation, quotes and escapes, one id the prefix of
+    another, the same id twice with two ts, ts written as ints and as floats."""
+    record = orjson.dumps(records)
+    decoded = any(seen == event_id and ts >= oldest for seen, ts in orjson.loads(record))
+    assert _holds(record, event_id, oldest) == decoded

@@ -183,7 +183,7 @@ class Settings(BaseSettings):
         "partition (the most recently used); the rest are read from STATE_DIR when needed.",
     )
     state_cache_event_ids: int = Field(
-        default=100_000, ge=0, description="Event ids kept in memory per events partition "
+        default=10_000, ge=0, description="Event ids kept in memory per events partition "
         "(the newest); older ones within DEDUP_HORIZON_SECONDS are looked up through a "
         "Bloom filter and the copies in STATE_DIR, about 10 bytes each in memory.",
     )

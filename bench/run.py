@@ -428,6 +428,27 @@ def rss_of_tree(pid: int, field: str) -> int:
     return 1024 * sum(status_kb(p, field) for p in with_descendants([pid]))
 
 
+def rss_by_process(pid: int) -> list[dict[str, Any]]:
+    """Each process of the tree (the worker's main process first, then its ingest
+    children and multiprocessing's resource tracker) with its RSS: which of them grows,
+    not only their sum."""
+    out = []
+    for each in with_descendants([pid]):
+        try:
+            cmdline = Path(f"/proc/{each}/cmdline").read_bytes()
+        except OSError:
+            continue  # gone since the walk
+        role = ("main" if each == pid else
+                "resource_tracker" if b"resource_tracker" in cmdline else "child")
+        out.append({"pid": each, "role": role, "rss_bytes": 1024 * status_kb(each, "VmRSS")})
+    return out
+
+
+def _mib_by_process(processes: list[dict[str, Any]]) -> str:
+    return ", ".join(f"{p['role']} {p['rss_bytes'] / 2**20:.0f}" for p in processes
+                     if p["role"] != "resource_tracker")
+
+
 def _metric_sum(scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
                 **labels: str) -> float:
     wanted = set(labels.items())
@@ -610,9 +631,11 @@ def run_soak(ctx: Context) -> dict[str, Any]:
                 scraped = worker.scrape()
             except OSError:
                 pass
+            by_process = rss_by_process(pid)
             samples.append({
                 "seconds": round(now - started, 2),
-                "rss_bytes": rss_of_tree(pid, "VmRSS"),  # ingest children included
+                "rss_bytes": sum(p["rss_bytes"] for p in by_process),  # children included
+                "rss_by_process": by_process,
                 "processed": _metric_sum(scraped, "messaging_events_processed_total"),
                 # late: with several producers each keeps its own event-time pace, and at
                 # high --speed the allowed lateness is a small fraction of a wall second
@@ -625,7 +648,8 @@ def run_soak(ctx: Context) -> dict[str, Any]:
             if all(proc.poll() is not None for proc, _ in producers):
                 break
             console.log(f"soak {samples[-1]['seconds']:.0f} s: RSS "
-                        f"{samples[-1]['rss_bytes'] / 2**20:.0f} MiB, processed "
+                        f"{samples[-1]['rss_bytes'] / 2**20:.0f} MiB "
+                        f"({_mib_by_process(by_process)}), processed "
                         f"{samples[-1]['processed']:,.0f}, lag {samples[-1]['lag']:,.0f}")
             time.sleep(max(0.0, args.soak_interval - (time.time() - now)))
         peak = rss_of_tree(pid, "VmHWM")
@@ -669,9 +693,11 @@ def run_restart(ctx: Context, topic: str, preloaded: dict[str, Any]) -> dict[str
     wait_until(lambda: processed_total(first) >= args.events, ctx.timeout,
                "the worker to take the preloaded events", interval=0.5)
     assert first.process is not None
-    rss = rss_of_tree(first.process.pid, "VmRSS")
+    before_kill = rss_by_process(first.process.pid)
+    rss = sum(p["rss_bytes"] for p in before_kill)
     took = time.time() - started
-    console.log(f"restart: took them in {took:.1f} s; RSS {rss / 2**20:.0f} MiB; kill -9")
+    console.log(f"restart: took them in {took:.1f} s; RSS {rss / 2**20:.0f} MiB "
+                f"({_mib_by_process(before_kill)}); kill -9")
     first.kill()
     ctx.processes.stop(first)
     if args.restart_new_disk:
@@ -715,11 +741,12 @@ def run_restart(ctx: Context, topic: str, preloaded: dict[str, Any]) -> dict[str
         time.sleep(0.1)
     restart_seconds = time.time() - began
     assert second.process is not None
-    rss_after = rss_of_tree(second.process.pid, "VmRSS")
+    after_restart = rss_by_process(second.process.pid)
+    rss_after = sum(p["rss_bytes"] for p in after_restart)
     ctx.processes.stop(second)
     console.log(f"restart: {restart_seconds:.1f} s from start to {new_events:,} new events "
                 f"processed (/metrics up after {(answered or began) - began:.1f} s); "
-                f"RSS {rss_after / 2**20:.0f} MiB")
+                f"RSS {rss_after / 2**20:.0f} MiB ({_mib_by_process(after_restart)})")
     return {
         "events": args.events, "conversations": preloaded.get("conversations"),
         "first_run_seconds": round(took, 2), "rss_before_kill_bytes": rss,
@@ -727,6 +754,7 @@ def run_restart(ctx: Context, topic: str, preloaded: dict[str, Any]) -> dict[str
         "restart_seconds": round(restart_seconds, 2),
         "metrics_up_seconds": round((answered or began) - began, 2),
         "rss_after_restart_bytes": rss_after,
+        "rss_before_kill_by_process": before_kill, "rss_after_restart_by_process": after_restart,
         "restored": [line.strip() for line in log_path.read_text().splitlines()
                      if "restored partitions" in line][-8:],
     }

@@ -41,7 +41,7 @@ def test_bench_restart_measures_a_kill_and_a_restart(kafka_bootstrap: str, tmp_p
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--restart", "--events", "20000",
-         "--restart-new-events", "500", "--output-dir", str(tmp_path)],
+         "--restart-new-events", "500", "--ingest-processes", "2", "--output-dir", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -51,5 +51,10 @@ def test_bench_restart_measures_a_kill_and_a_restart(kafka_bootstrap: str, tmp_p
     assert 0 < restart["conversations"] < 20_000
     assert restart["restart_seconds"] > restart["metrics_up_seconds"] > 0
     assert restart["rss_before_kill_bytes"] > 0 and restart["rss_after_restart_bytes"] > 0
+    for moment in ("before_kill", "after_restart"):  # the sum, and which process holds it
+        processes = restart[f"rss_{moment}_by_process"]
+        assert [p["role"] for p in processes].count("main") == 1
+        assert [p["role"] for p in processes].count("child") == 2  # the ingest processes
+        assert sum(p["rss_bytes"] for p in processes) == restart[f"rss_{moment}_bytes"]
     assert any("ingest restored" in line for line in restart["restored"]), restart["restored"]
     assert "restart after kill -9" in completed.stdout

@@ -104,6 +104,24 @@ def id_records(
     return out
 
 
+def ids_record_holds(record: bytes, event_id: str, oldest: float) -> bool:
+    """Whether a record of :func:`id_records` (``[["<id>",<ts>],...]``) holds
+    ``event_id`` with ts ``oldest`` or later. Searched in its bytes, not decoded: a
+    record holds thousands of ids, and a burst of redelivered events (a producer's retried
+    batch) confirms one match each. ``["`` only starts an element (inside a JSON string a
+    quote is escaped), so a match is the id's whole string; the same id can be in one
+    record twice (accepted again past the horizon within a batch)."""
+    needle = b"[" + orjson.dumps(event_id) + b","
+    at = record.find(needle)
+    while at >= 0:
+        start = at + len(needle)
+        end = record.index(b"]", start)
+        if float(record[start:end]) >= oldest:
+            return True
+        at = record.find(needle, end)
+    return False
+
+
 def is_conversations(key: bytes) -> bool:
     return key.startswith((CONVERSATIONS_PREFIX, INMAIL_PREFIX))
 

@@ -28,10 +28,9 @@ from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass
 
-import orjson
 from rbloom import Bloom
 
-from streams.ingest.changelog import ids_newest
+from streams.ingest.changelog import ids_newest, ids_record_holds
 from streams.store.partition_store import PartitionStore
 
 FALSE_POSITIVE_RATE = 0.001  # ~1.8 bytes an id; a hit costs a few binary searches
@@ -44,24 +43,6 @@ class _Spilled:
     key: bytes  # the store's record holding the ids themselves
     newest: float  # ts of its newest id: past the horizon, nothing in it is a duplicate
     fingerprints: array  # sorted hash() of its ids
-
-
-def _holds(record: bytes, event_id: str, oldest: float) -> bool:
-    """Whether a changelog record of ids (``[["<id>",<ts>],...]``, as orjson wrote it)
-    holds ``event_id`` with ts ``oldest`` or later. Searched in its bytes, not decoded: a
-    record holds thousands of ids, and a burst of redelivered events (a producer's retried
-    batch) confirms one match each. ``["`` only starts an element (inside a JSON string a
-    quote is escaped), so a match is the id's whole string; the same id can be in one
-    record twice (accepted again past the horizon within a batch)."""
-    needle = b"[" + orjson.dumps(event_id) + b","
-    at = record.find(needle)
-    while at >= 0:
-        start = at + len(needle)
-        end = record.index(b"]", start)
-        if float(record[start:end]) >= oldest:
-            return True
-        at = record.find(needle, end)
-    return False
 
 
 class SpilledEventIds:
@@ -125,7 +106,7 @@ class SpilledEventIds:
             if at == len(fingerprints) or fingerprints[at] != fingerprint:
                 continue
             value = self.store.get(spilled.key)  # None: forgotten with its life
-            if value is not None and _holds(value, event_id, oldest):
+            if value is not None and ids_record_holds(value, event_id, oldest):
                 return True
         return False
 

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from producers.profile import SimulationProfile
 from producers.simulator import Simulator
 from streams.ingest import event_ids
-from streams.ingest.event_ids import SpilledEventIds, _holds
+from streams.ingest.changelog import ids_record_holds
+from streams.ingest.event_ids import SpilledEventIds
 from streams.ingest.stage import IngestPartition, IngestStage
 from streams.settings import Settings
 from streams.store.partition_store import PartitionStore
@@ -186,4 +187,4 @@ def test_a_record_is_searched_in_its_bytes_as_decoding_it_would_answer(
     another, the same id twice with two ts, ts written as ints and as floats."""
     record = orjson.dumps(records)
     decoded = any(seen == event_id and ts >= oldest for seen, ts in orjson.loads(record))
-    assert _holds(record, event_id, oldest) == decoded
+    assert ids_record_holds(record, event_id, oldest) == decoded

@@ -150,7 +150,7 @@ class Settings(BaseSettings):
         description="Kafka transaction timeout of the ingest and risk stages' producers. "
         "Also about the longest a restore waits for the transaction of a previous owner "
         "that froze or died mid-commit (the broker aborts it then, checking every 10 s by "
-        "default).",
+        "default; every second on the brokers this project starts).",
     )
     conversation_ttl_seconds: float = Field(
         default=7 * 86_400, gt=0, description="Event-time seconds after its start that a "

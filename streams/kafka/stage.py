@@ -130,12 +130,26 @@ async def _decided_ends(
                      tps[0].topic, undecided)
         if time.monotonic() - warned >= UNDECIDED_WARNED_EVERY_SECONDS:
             warned = time.monotonic()
-            log.warning("%s partitions %s: a transaction has been pending for %.0f s and "
-                        "the restore still waits for it. Longer than its producer's "
-                        "transaction timeout and the broker's abort check (10 s) means a "
-                        "hanging transaction: kafka-transactions.sh find-hanging",
-                        tps[0].topic, undecided, waited)
+            log.warning(
+                "%s partitions %s: a transaction has been pending for %.0f s and the restore "
+                "still waits for it. Longer than its producer's transaction timeout and the "
+                "broker's abort check (transaction.abort.timed.out.transaction.cleanup."
+                "interval.ms) means a hanging one, which no timeout ends (Kafka 4.1 to 4.4 "
+                "leave one when a partition has no leader as they decide it: KAFKA-20734). "
+                "Check it with kafka-transactions.sh describe-producers, then end it: %s",
+                tps[0].topic, undecided, waited, "; ".join(
+                    hanging_abort_command(options["bootstrap_servers"], tp, stable[tp])
+                    for tp in tps if stable[tp] < written[tp]
+                ),
+            )
         await asyncio.sleep(UNDECIDED_POLL_SECONDS)
+
+
+def hanging_abort_command(bootstrap_servers: str, tp: TopicPartition, stable: int) -> str:
+    """How an operator ends the transaction that holds ``tp`` at its last stable offset
+    (the offset where the oldest open transaction begins)."""
+    return (f"kafka-transactions.sh --bootstrap-server {bootstrap_servers} abort "
+            f"--topic {tp.topic} --partition {tp.partition} --start-offset {stable}")
 
 
 async def _close(stage: str, clients: list[AIOKafkaConsumer | AIOKafkaProducer]) -> None:

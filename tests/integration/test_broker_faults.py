@@ -15,15 +15,19 @@ import asyncio
 import itertools
 import logging
 import re
+import shlex
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
+from deploy.kafka_security import run_kafka_tool
+from deploy.local_kafka import resolve_jars
+from streams.kafka import stage
 from streams.kafka.io import being_cancelled, close_client, ensure_topics
 from streams.kafka.stage import STALLED_AFTER_SECONDS
 from streams.settings import Settings
@@ -183,3 +187,54 @@ def test_a_consumer_closed_while_its_fetch_waits_to_retry_leaves_its_caller_runn
         kafka_broker.start()
     assert waited, "no fetch request failed and waited to retry: the case was not reached"
     assert not cancelled
+
+
+def test_a_restore_held_by_a_transaction_says_how_to_end_it_and_goes_on_once_ended(
+    kafka_broker, settings: Settings, monkeypatch, caplog
+) -> None:
+    """A restore waits for every transaction in its changelog partition to be decided.
+    One that no timeout ends (a hanging one: the test above) is the operator's to abort:
+    the warning names the command, and the restore goes on once it has run. Here the
+    transaction is merely long (its timeout is minutes), and the command is run as the
+    warning gives it, with Kafka's own tool."""
+    if kafka_broker is None:
+        pytest.skip("KAFKA_BOOTSTRAP_SERVERS points at an external broker: not ours to run tools on")
+    monkeypatch.setattr(stage, "UNDECIDED_WARNED_EVERY_SECONDS", 0.5)
+    asyncio.run(ensure_topics(settings))
+    tp = TopicPartition(settings.ingest_state_topic, 1)
+    options = settings.kafka_client_options()
+
+    def warned() -> str | None:
+        return next((record.getMessage() for record in caplog.records
+                     if "kafka-transactions.sh" in record.getMessage()), None)
+
+    async def restore_past_an_aborted_transaction() -> tuple[str, int]:
+        producer = AIOKafkaProducer(transactional_id=f"{settings.app_id}-open",
+                                    transaction_timeout_ms=300_000, **options)
+        reader = AIOKafkaConsumer(enable_auto_commit=False, isolation_level="read_committed",
+                                  **options)
+        await producer.start()
+        await reader.start()
+        try:
+            await producer.begin_transaction()
+            await (await producer.send(tp.topic, b"open", key=b"k", partition=tp.partition))
+            ends = asyncio.ensure_future(stage._decided_ends(reader, options, [tp]))
+            deadline = time.monotonic() + 20
+            while (warning := warned()) is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            assert warning is not None, "the restore waited without a word"
+            assert not ends.done(), "the restore went on past an open transaction"
+            command = shlex.split(warning[warning.rindex("kafka-transactions.sh"):])
+            await asyncio.to_thread(run_kafka_tool, resolve_jars(kafka_broker.cache_dir),
+                                    "org.apache.kafka.tools.TransactionsCommand", command[1:])
+            stable = (await asyncio.wait_for(ends, 30))[tp]
+            return warning, stable
+        finally:
+            await close_client(reader, "test")
+            await close_client(producer, "test")
+
+    with caplog.at_level(logging.WARNING, logger=stage.__name__):
+        warning, stable = asyncio.run(restore_past_an_aborted_transaction())
+    assert (f"abort --topic {tp.topic} --partition {tp.partition} --start-offset 0"
+            in warning), warning
+    assert stable == 2, "the record and the abort marker, decided"

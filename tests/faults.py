@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streams.kafka.io import ensure_topics
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.structs import TopicPartition
+
+from streams.kafka.io import close_client, ensure_topics
 from streams.settings import Settings
 from tests.harness import WorkerProcess, wait_until
 from tests.integration.test_reliability import PacedProducer, check_run
@@ -31,6 +35,39 @@ def late_events(workers: list[WorkerProcess]) -> dict[str, float]:
             if name in totals:
                 totals[name] += value
     return totals
+
+
+async def open_transactions(settings: Settings) -> dict[str, list[int]]:
+    """The run's topics' partitions whose last stable offset is below the high watermark:
+    held by a transaction not decided yet (or never to be: a hanging one)."""
+    topics = [getattr(settings, name) for name in type(settings).model_fields
+              if name.endswith("_topic")]
+    options = settings.kafka_client_options()
+    admin = AIOKafkaAdminClient(**options)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    tps = [TopicPartition(topic["topic"], partition["partition"])
+           for topic in described if topic["error_code"] == 0
+           for partition in topic["partitions"]]
+    written = AIOKafkaConsumer(enable_auto_commit=False, **options)
+    committed = AIOKafkaConsumer(enable_auto_commit=False, isolation_level="read_committed",
+                                 **options)
+    await written.start()
+    await committed.start()
+    try:
+        high = await written.end_offsets(tps)
+        stable = await committed.end_offsets(tps)
+    finally:
+        await close_client(written, "diagnosis")
+        await close_client(committed, "diagnosis")
+    held: dict[str, list[int]] = {}
+    for tp in tps:
+        if stable[tp] < high[tp]:
+            held.setdefault(tp.topic, []).append(tp.partition)
+    return held
 
 
 @dataclass
@@ -79,8 +116,15 @@ class FaultRun:
             assert worker.running(), f"a worker exited: see {worker.log_path}"
 
     def diagnosis(self) -> str:
-        """The seed, each worker's late events, and its log's warnings and errors."""
+        """The seed, partitions a transaction still holds open, each worker's late events,
+        and its log's warnings and errors."""
         lines = [f"FAULT_SEED={self.seed}"]
+        try:
+            held = asyncio.run(open_transactions(self.settings))
+        except Exception as exc:  # noqa: BLE001 - the broker may be what failed
+            held = {"(not known)": [repr(exc)]}
+        lines.extend(f"a transaction still open on {topic} partitions {partitions}"
+                     for topic, partitions in held.items())
         for worker in self.workers:
             try:
                 late: Any = late_events([worker])

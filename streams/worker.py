@@ -13,7 +13,7 @@ from typing import Any
 
 import faust
 
-from streams import collector, process_memory
+from streams import collector
 from streams.app import Worker
 from streams.kafka import access
 from streams.kafka.io import ensure_topics
@@ -34,7 +34,6 @@ def run_worker(settings: Settings) -> int:
 
 def _run_worker(settings: Settings, temporary_state: Path | None = None) -> int:
     collector.tune_for_large_state()
-    process_memory.limit_malloc_arenas()
     try:
         # an orchestrator may start the worker before the broker: wait for it, saying so
         # once; what waiting cannot mend (credentials, certificates, ACLs) ends it here

@@ -55,6 +55,7 @@ class TimeCompression:
     baseline_offset: str = "1d"
     for_scale: float = 1.0
     range_scale: float = 1.0
+    wall_scale: float = 1.0  # the pipeline-health rules' for: and ranges (wall time)
     scrape_interval: str = "5s"
     group_wait: str = "30s"
     group_interval: str = "5m"
@@ -105,7 +106,8 @@ class LocalMonitoring:
         ))
         shutil.copy(RECORDING_RULES, self.workdir / "recording_rules.yml")
         (self.workdir / "alert_rules.yml").write_text(render_alert_rules(
-            c.baseline_offset, c.for_scale, range_scale=c.range_scale
+            c.baseline_offset, c.for_scale, range_scale=c.range_scale,
+            wall_scale=c.wall_scale,
         ))
         (self.workdir / "prometheus.yml").write_text(render_prometheus_config(
             self.worker_targets, f"127.0.0.1:{self.alertmanager_port}",

@@ -15,6 +15,9 @@ Compressed-time tests and demos render their own copy::
 and ``baseline_offset`` replaces the ``offset 1d`` of the same-time-yesterday
 comparisons (reply rate, InMail response rate, p95 first-reply latency). At
 ``PRODUCER_SPEED=60`` a wall minute is an event hour, so ``24m`` is "a day earlier".
+The pipeline's own health rules (``wall_clock``: a stall, a worker or Kafka gone, lag)
+watch processes, which pause in wall seconds however fast event time runs; ``wall_scale``
+(default 1) scales their ``for:`` and ranges instead.
 """
 
 from __future__ import annotations
@@ -87,6 +90,12 @@ class AlertSpec:
     in thresholds.yml), ``$range`` (``range``, scaled) and ``$offset`` (the baseline
     offset). In ``summary`` and ``description``, ``[threshold]``, ``[range]`` and
     ``[offset]`` are replaced the same way; ``{{ ... }}`` is Prometheus templating.
+
+    ``wall_clock``: the rule judges the pipeline's processes, not the traffic's event
+    time. A compressed render scales its durations by ``wall_scale``, not by the event
+    time's ``for_scale`` and ``range_scale``: a process on a busy machine pauses for
+    seconds of wall time whatever the producer's speed, and at 720x a 5m stall rule
+    shrunk with event time fired on an 8 s pause that production would never see.
     """
 
     alert: str
@@ -98,6 +107,7 @@ class AlertSpec:
     description: str
     threshold: str | None = None
     range: str | None = None
+    wall_clock: bool = False
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -281,6 +291,7 @@ ALERTS: tuple[AlertSpec, ...] = (
         alert="MessagingPipelineStalled",
         severity="critical",
         group="messaging-pipeline",
+        wall_clock=True,
         expr=(
             "messaging_window_end_timestamp_seconds\n"
             "  and changes(messaging_window_end_timestamp_seconds[$range]) == 0"
@@ -299,6 +310,7 @@ ALERTS: tuple[AlertSpec, ...] = (
         alert="MessagingHistoryStalled",
         severity="warning",
         group="messaging-pipeline",
+        wall_clock=True,
         expr=(
             "messaging_history_pending_windows > 0\n"
             "  and changes(messaging_history_written_through_timestamp_seconds[$range]) == 0"
@@ -317,6 +329,7 @@ ALERTS: tuple[AlertSpec, ...] = (
         alert="MessagingWorkerDown",
         severity="critical",
         group="messaging-pipeline",
+        wall_clock=True,
         expr=f'up{{job="{WORKER_JOB}"}} == 0',
         for_="2m",
         summary="Messaging worker {{ $labels.instance }} is down",
@@ -330,6 +343,7 @@ ALERTS: tuple[AlertSpec, ...] = (
         alert="MessagingKafkaUnreachable",
         severity="critical",
         group="messaging-pipeline",
+        wall_clock=True,
         expr="max by (instance, stage) (messaging_kafka_outage_seconds) > 60",
         for_="1m",
         summary="The {{ $labels.stage }} stage on {{ $labels.instance }} has no Kafka",
@@ -346,6 +360,7 @@ ALERTS: tuple[AlertSpec, ...] = (
         alert="MessagingConsumerLagHigh",
         severity="warning",
         group="messaging-pipeline",
+        wall_clock=True,
         expr="sum(messaging_consumer_lag_messages) > $threshold",
         for_="10m",
         threshold="consumer_lag_high_messages",
@@ -389,6 +404,7 @@ def alert_rules(
     for_scale: float = 1.0,
     *,
     range_scale: float = 1.0,
+    wall_scale: float = 1.0,
     thresholds: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
     """The rendered rules as plain data, one dict per rule (in :data:`ALERTS` order)."""
@@ -396,9 +412,12 @@ def alert_rules(
     offset = format_duration(parse_duration(baseline_offset))
     rules = []
     for spec in ALERTS:
-        fills = {"offset": offset, "for": scale_duration(spec.for_, for_scale)}
+        for_factor, range_factor = (
+            (wall_scale, wall_scale) if spec.wall_clock else (for_scale, range_scale)
+        )
+        fills = {"offset": offset, "for": scale_duration(spec.for_, for_factor)}
         if spec.range is not None:
-            fills["range"] = scale_duration(spec.range, range_scale)
+            fills["range"] = scale_duration(spec.range, range_factor)
         if spec.threshold is not None:
             if spec.threshold not in values:
                 raise KeyError(f"{spec.alert}: no threshold {spec.threshold!r} in thresholds")
@@ -435,6 +454,7 @@ def render_alert_rules(
     for_scale: float = 1.0,
     *,
     range_scale: float = 1.0,
+    wall_scale: float = 1.0,
     thresholds: Mapping[str, float] | None = None,
 ) -> str:
     """``prometheus/alert_rules.yml``: production with the defaults.
@@ -442,13 +462,16 @@ def render_alert_rules(
     ``for_scale`` multiplies every ``for:`` (0.05 turns 10m into 30s), ``range_scale``
     every range selector (0.05 turns [5m] into [15s]), and ``baseline_offset`` replaces
     the ``offset 1d`` of the same-time-yesterday comparisons (reply rate, InMail response
-    rate, p95 first-reply latency). Scaled durations are rounded to whole seconds, at
+    rate, p95 first-reply latency). The pipeline-health rules (``wall_clock``) take
+    ``wall_scale`` for both instead. Scaled durations are rounded to whole seconds, at
     least 1s. ``thresholds`` (name -> value) replaces thresholds.yml's values.
     """
     rules = alert_rules(
-        baseline_offset, for_scale, range_scale=range_scale, thresholds=thresholds
+        baseline_offset, for_scale, range_scale=range_scale, wall_scale=wall_scale,
+        thresholds=thresholds,
     )
-    production = (baseline_offset, for_scale, range_scale, thresholds) == ("1d", 1.0, 1.0, None)
+    production = (baseline_offset, for_scale, range_scale, wall_scale, thresholds) == (
+        "1d", 1.0, 1.0, 1.0, None)
     lines = [
         "# GENERATED by deploy/prometheus_rules.py from prometheus/thresholds.yml; do not edit.",
         "# Regenerate with: .venv/bin/python -m deploy.prometheus_rules",
@@ -459,7 +482,8 @@ def render_alert_rules(
     if not production:
         lines.append(
             f"# Compressed-time render: baseline offset {baseline_offset}, for x{for_scale:g}, "
-            f"ranges x{range_scale:g}{', custom thresholds' if thresholds is not None else ''}."
+            f"ranges x{range_scale:g}, pipeline health x{wall_scale:g}"
+            f"{', custom thresholds' if thresholds is not None else ''}."
         )
     lines.append("groups:")
     for group in dict.fromkeys(rule["group"] for rule in rules):
@@ -635,10 +659,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline-offset", default="1d")
     parser.add_argument("--for-scale", type=float, default=1.0)
     parser.add_argument("--range-scale", type=float, default=1.0)
+    parser.add_argument("--wall-scale", type=float, default=1.0,
+                        help="scales the pipeline-health rules' for: and ranges")
     args = parser.parse_args(argv)
     if args.output is not None:
         args.output.write_text(render_alert_rules(
-            args.baseline_offset, args.for_scale, range_scale=args.range_scale))
+            args.baseline_offset, args.for_scale, range_scale=args.range_scale,
+            wall_scale=args.wall_scale))
         print(f"wrote {args.output}")
         return 0
     stale = []

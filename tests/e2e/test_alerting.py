@@ -16,6 +16,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -55,11 +56,15 @@ COMPRESSION = TimeCompression(
     baseline_offset=f"{DAY:.0f}s",
     # ranges shrunk 90x, not 720x: a 5m range then spans 3.3 one-second scrapes and
     # windows (in production, 20 scrapes and 5 windows), a 1h range 40 windows. At 180x
-    # a 5m range held at most two scrapes: a window closing a moment late looked like a
-    # stall (MessagingPipelineStalled fired on the baseline), and a ratio averaged over
-    # 10 windows was too noisy to be quiet for sure. for: 60x, so a condition must hold
-    # for several windows before it fires.
+    # a ratio averaged over 10 windows was too noisy to be quiet for sure. for: 60x, so a
+    # condition must hold for several windows before it fires.
     for_scale=1 / 60, range_scale=1 / 90,
+    # The pipeline's health (a stall, a worker or Kafka gone, lag) is judged in wall
+    # time: a process pauses for seconds whatever event time's speed. Shrunk 60-90x, the
+    # stall rule fired in CI on 8 s or so without a window close on the baseline (two
+    # stacks on two cores); shrunk 10x it needs a minute (12 event hours), and a
+    # pipeline stuck for good still fires.
+    wall_scale=1 / 10,
     scrape_interval="1s", group_wait="1s", group_interval="2s", repeat_interval="1m",
 )
 PANEL_STEP = 60.0  # seconds: every history sample (a day's too) is in some step's lookback
@@ -203,6 +208,21 @@ def firing_in_prometheus(monitoring: LocalMonitoring) -> set[str]:
     }
 
 
+def window_close_gaps(monitoring: LocalMonitoring, seconds: float, top: int = 3) -> str:
+    """The longest wall-time waits between window closes over the last ``seconds``, from
+    Prometheus' raw scrapes: what MessagingPipelineStalled judges, for the test's output."""
+    waits: list[tuple[float, float]] = []  # (wait, from)
+    scrape_gap = 0.0
+    for series in monitoring.query(f"messaging_window_end_timestamp_seconds[{seconds:.0f}s]"):
+        samples = [(float(t), float(v)) for t, v in series["values"]]
+        closes = [t for (_, before), (t, v) in pairwise(samples) if v != before]
+        waits += [(b - a, a) for a, b in pairwise(closes)]
+        scrape_gap = max([scrape_gap] + [b - a for (a, _), (b, _) in pairwise(samples)])
+    longest = ", ".join(f"{wait:.0f}s from {time.strftime('%H:%M:%S', time.localtime(at))}"
+                        for wait, at in sorted(waits, reverse=True)[:top])
+    return f"{longest or 'none'} (scrapes at most {scrape_gap:.0f}s apart)"
+
+
 def test_spam_wave_alert_reaches_the_webhook(make_stack) -> None:
     stack = make_stack("spam")
     stack.produce("spam-wave", incident_after=20 * SPEED, duration=300)
@@ -256,6 +276,10 @@ def test_latency_incident_alerts_while_the_baseline_stays_quiet(make_stack) -> N
     print(f"latency-incident: the incident's first window closed {incident_at or 0:.0f}s "
           f"after monitoring started, its latency alert reached the webhook "
           f"{(fired_at or 0) - (incident_at or 0):.0f}s later")
+    watched = time.monotonic() - started
+    print(f"the longest waits for a window to close: baseline "
+          f"{window_close_gaps(baseline.monitoring, watched)}; incident "
+          f"{window_close_gaps(incident_stack.monitoring, watched)}")
     assert incident_at is not None, "the incident's windows never closed"
     assert fired_at is not None, "the latency alert never reached the webhook"
     assert fired_at > incident_at, "fired before the incident"

@@ -171,17 +171,35 @@ def test_production_render_is_the_default() -> None:
     assert "offset 1d" in text and "Compressed-time" not in text
 
 
-def test_for_scale_shrinks_every_for_and_nothing_else() -> None:
+WALL_CLOCK = {"MessagingPipelineStalled", "MessagingHistoryStalled", "MessagingWorkerDown",
+              "MessagingKafkaUnreachable", "MessagingConsumerLagHigh"}
+
+
+def test_the_pipeline_health_rules_and_only_they_run_on_the_wall_clock() -> None:
+    assert {spec.alert for spec in rules.ALERTS if spec.wall_clock} == WALL_CLOCK
+
+
+@pytest.mark.parametrize("scale", ["for_scale", "wall_scale"])
+def test_a_for_scale_shrinks_the_for_of_its_own_rules_and_nothing_else(scale: str) -> None:
     production = _rules(rules.render_alert_rules())
-    scaled = _rules(rules.render_alert_rules(for_scale=0.05))
+    scaled = _rules(rules.render_alert_rules(**{scale: 0.05}))
     assert len(scaled) == len(production)
     for before, after in zip(production, scaled):
-        expected = max(1, round(rules.parse_duration(before["for"]) * 0.05))
-        assert rules.parse_duration(after["for"]) == expected
-        assert after["expr"] == before["expr"]
+        own = (before["alert"] in WALL_CLOCK) == (scale == "wall_scale")
+        factor = 0.05 if own else 1
+        expected = max(1, round(rules.parse_duration(before["for"]) * factor))
+        assert rules.parse_duration(after["for"]) == expected, before["alert"]
+        if scale == "for_scale" or not own:
+            assert after["expr"] == before["expr"]
         assert after["labels"] == before["labels"]
     by_name = {(r["alert"], r["labels"]["severity"]): r for r in scaled}
-    assert by_name[("MessagingBlocksSurge", "warning")]["for"] == "30s"  # 10m x 0.05
+    if scale == "for_scale":
+        assert by_name[("MessagingBlocksSurge", "warning")]["for"] == "30s"  # 10m x 0.05
+        assert by_name[("MessagingPipelineStalled", "critical")]["for"] == "5m"
+    else:
+        assert by_name[("MessagingPipelineStalled", "critical")]["for"] == "15s"  # 5m x 0.05
+        assert "[15s]" in by_name[("MessagingPipelineStalled", "critical")]["expr"]
+        assert by_name[("MessagingBlocksSurge", "warning")]["for"] == "10m"
 
 
 def test_baseline_offset_replaces_every_offset() -> None:
@@ -199,8 +217,10 @@ def test_baseline_offset_replaces_every_offset() -> None:
 
 
 def test_range_scale_and_thresholds_override() -> None:
-    scaled = rules.render_alert_rules(range_scale=0.1)
-    assert "[30s]" in scaled and "[5m]" not in scaled  # 5m ranges -> 30s
+    scaled = _rules(rules.render_alert_rules(range_scale=0.1))
+    for rule in scaled:  # 5m ranges -> 30s, but not the pipeline health's (wall time)
+        assert ("[5m]" in rule["expr"]) == (rule["alert"] in {"MessagingPipelineStalled"}), rule
+    assert any("[30s]" in rule["expr"] for rule in scaled)
     custom = _rules(rules.render_alert_rules(
         thresholds={**rules.load_thresholds(), "spam_reports_per_1k_warning": 3}))
     warning = next(r for r in custom if r["alert"] == "MessagingSpamReportsHigh"

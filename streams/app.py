@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -136,6 +137,9 @@ class Worker:
         self._loading: dict[int, asyncio.Task[OwnerState]] = {}
         self._aggregate_assigned = False  # Faust has assigned partials partitions (or none)
         self._progress: dict[int, int] = {}  # partition -> last window published through
+        # State records sent and not yet known to be in Kafka, oldest first: every offset
+        # commit waits for them (see _states_written).
+        self._state_writes: deque[asyncio.Future[Any]] = deque()
         # A stage that cannot go on sets the worker's exit code and calls on_failure (the
         # process's bounded shutdown); Faust's own crash path is the fallback, but it
         # sometimes stopped nothing at all (seen once: a minute without exiting).
@@ -169,6 +173,9 @@ class Worker:
 
     # --- aggregate agent ---------------------------------------------------------------
     async def _aggregate(self, stream: faust.StreamT) -> None:
+        barriers = self.app.consumer.commit_barriers
+        if self._states_written not in barriers:
+            barriers.append(self._states_written)
         async for event in stream.events():
             partition = event.message.partition
             try:
@@ -216,13 +223,48 @@ class Worker:
                     headers=position_headers(state.position),
                 ))
         await self._publish_progress(partition, state)
-        # In Kafka before this event is acknowledged, so before Faust can commit
-        # past it: a restarted owner resumes from a state at or ahead of the
-        # committed offset, and the applied-offset marks skip what it has seen.
-        await (await self.state_out.send(
+        # In Kafka before Faust commits past this record (_states_written holds the
+        # commit back): a restarted owner resumes from a state at or ahead of the
+        # committed offset, and the applied-offset marks skip what it has seen. Not
+        # awaited here: a broker round trip per record kept the agent to 5 records/s
+        # on a busy machine, and one owner's windows stood still for a minute.
+        # (aiokafka sends one request per partition at a time, retries included, so
+        # an owner's state records land in the order they were sent.)
+        self._state_writes.append(await self.state_out.send(
             key=_state_key(partition), value=state.dumps(), partition=partition,
             headers=position_headers(state.position),
         ))
+        self._forget_written_states()
+
+    async def _states_written(self) -> None:
+        """Before Faust commits offsets of the partials: every state record sent for the
+        records below them is in Kafka. One that failed stops the worker, and this and
+        every later commit, so that no offset past a state that was lost is committed
+        (the restart reads the records again from the last commit)."""
+        for delivery in list(self._state_writes):  # those sent before this commit
+            try:
+                await asyncio.shield(delivery)
+            except asyncio.CancelledError:
+                if not delivery.cancelled():
+                    raise  # the commit itself is cancelled (stopping)
+                failure = RuntimeError("an aggregate state record's send was cancelled")
+                if self.failed is None:  # once, not at every commit it stops
+                    await self._stage_failed("aggregate", failure)
+                raise failure from None
+            except Exception as exc:
+                if self.failed is None:
+                    await self._stage_failed("aggregate", exc)
+                raise
+        self._forget_written_states()
+
+    def _forget_written_states(self) -> None:
+        """Drop the oldest writes while they are in Kafka; one that failed (or was
+        cancelled) stays, and fails every commit from then on."""
+        writes = self._state_writes
+        while writes and writes[0].done() and not writes[0].cancelled() and (
+            writes[0].exception() is None
+        ):
+            writes.popleft()
 
     async def _publish_progress(self, partition: int, state: OwnerState) -> None:
         """Once per window boundary the watermark passes, after the windows it closed
@@ -373,19 +415,19 @@ class Worker:
                 failure = RuntimeError(
                     f"{stage.name} stage ended by a cancellation that was not the worker's")
                 failure.__cause__ = cancelled
-                await self._stage_failed(stage, failure)
+                await self._stage_failed(stage.name, failure)
             except Exception as exc:  # noqa: BLE001 - a dead stage takes the worker down, loudly
-                await self._stage_failed(stage, exc)
+                await self._stage_failed(stage.name, exc)
 
         run.__name__ = f"run_{stage.name}"
         return run
 
-    async def _stage_failed(self, stage: Stage, exc: Exception) -> None:
+    async def _stage_failed(self, stage: str, exc: Exception) -> None:
         refusal = await self._refusal(exc)
         if refusal is not None:  # nothing uncommitted survives: it was one transaction
-            log.error("%s stage stops: %s", stage.name, refusal)
+            log.error("%s stage stops: %s", stage, refusal)
         else:
-            log.error("%s stage crashed", stage.name, exc_info=exc)
+            log.error("%s stage crashed", stage, exc_info=exc)
         if self.failed is None:  # the first failure says why the worker ends
             self.failed = access.EXIT_CODE if refusal is not None else 1
         if self.on_failure is not None:

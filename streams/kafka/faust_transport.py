@@ -15,6 +15,10 @@
 - Faust commits a source offset after ``producer.flush()``, so that the table changelog
   records of the events before it are in Kafka first. Its flush can return early (see
   :class:`DrainingProducerBuffer`); this transport's producer waits for all of them.
+- An agent can hold back every offset commit until what it wrote for the records
+  below it is in Kafka, and stop them all if a write failed (see
+  :attr:`ReadCommittedConsumer.commit_barriers`): the aggregate's state records go
+  out without a broker round trip each.
 
 Registered under the URL scheme ``kafkarc://``.
 """
@@ -24,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiokafka
@@ -65,6 +69,16 @@ class ReadCommittedConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._warned: dict[Any, int] = {}  # partition -> read offset warned about
+        # Awaited, in order, before every offset commit (timer, rebalance, stop); one
+        # that raises stops the commit.
+        self.commit_barriers: list[Callable[[], Awaitable[None]]] = []
+
+    async def _commit_offsets(
+        self, offsets: Mapping[Any, int], start_new_transaction: bool = True
+    ) -> bool:
+        for barrier in self.commit_barriers:
+            await barrier()
+        return await super()._commit_offsets(offsets, start_new_transaction)
 
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return ReadCommittedConsumerThread(self, loop=self.loop, beacon=self.beacon)

@@ -231,8 +231,15 @@ def test_a_missing_acl_is_named(
 
 
 # --- a permission lost mid-run ----------------------------------------------------------------
+# the transactional stages' activity topic (the ingest writes it, the risk stage reads
+# it), and the aggregate agent's state records (sent without waiting for each: its
+# offset commits wait for them instead)
+@pytest.mark.parametrize(("topic_field", "stages"), [
+    ("activity_topic", ("ingest", "risk")), ("aggregate_state_topic", ("aggregate",)),
+])
 def test_a_permission_lost_mid_run_stops_the_worker_and_commits_nothing_partial(
-    secured_kafka: LocalKafka, granted: Settings, tmp_path: Path
+    secured_kafka: LocalKafka, granted: Settings, tmp_path: Path, topic_field: str,
+    stages: tuple[str, ...],
 ) -> None:
     settings = granted.model_copy(update={"idle_timeout_seconds": 3.0})
     grant(secured_kafka, "worker", worker_grants(settings))
@@ -245,7 +252,8 @@ def test_a_permission_lost_mid_run_stops_the_worker_and_commits_nothing_partial(
     try:
         producer.start()
         wait_until(lambda: processed_total(worker) > len(events) / 4, 60, "a quarter processed")
-        withdrawn = [g for g in worker_grants(settings) if g.name == settings.activity_topic]
+        topic = getattr(settings, topic_field)
+        withdrawn = [g for g in worker_grants(settings) if g.name == topic]
         grant(secured_kafka, "worker", withdrawn, revoke=True)
         withdrawn_at = time.monotonic()
         assert worker.process is not None
@@ -254,7 +262,8 @@ def test_a_permission_lost_mid_run_stops_the_worker_and_commits_nothing_partial(
         assert code == EXIT_CODE
         log = worker.log_path.read_text()
         stops = [line for line in log.splitlines() if "stage stops:" in line]
-        assert stops and settings.activity_topic in stops[0], stops
+        assert stops and topic in stops[0], stops
+        assert any(f"{stage} stage stops:" in stops[0] for stage in stages), stops
         # the permission back, a new incarnation finishes the run: exact, so nothing of the
         # failed transactions was committed
         grant(secured_kafka, "worker", withdrawn)

@@ -116,9 +116,11 @@ async def _decided_ends(
     reported, warned = False, began
     while True:
         stable = await reader.end_offsets(tps)
-        undecided = sorted(tp.partition for tp in tps if stable[tp] < written[tp])
+        held = sorted((tp for tp in tps if stable[tp] < written[tp]),
+                      key=lambda tp: tp.partition)
+        undecided = [tp.partition for tp in held]
         waited = time.monotonic() - began
-        if not undecided:
+        if not held:
             if reported:
                 log.info("%s: the pending transaction is decided after %.1f s; restoring",
                          tps[0].topic, waited)
@@ -139,7 +141,7 @@ async def _decided_ends(
                 "Check it with kafka-transactions.sh describe-producers, then end it: %s",
                 tps[0].topic, undecided, waited, "; ".join(
                     hanging_abort_command(options["bootstrap_servers"], tp, stable[tp])
-                    for tp in tps if stable[tp] < written[tp]
+                    for tp in held
                 ),
             )
         await asyncio.sleep(UNDECIDED_POLL_SECONDS)

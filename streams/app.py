@@ -4,9 +4,10 @@
   task beside the agent, or in child processes of its own with ``INGEST_PROCESSES``
   (see :mod:`streams.ingest.processes`);
 - the ``aggregate`` agent reads ``messaging.partials`` (partials and watermark marks,
-  low volume) and keeps one :class:`OwnerState` per partition in a Faust table, whose
-  changelog restores it on restart or rebalance; closed windows go to
-  ``messaging.metrics`` and to the gauges on ``/metrics``.
+  low volume) and keeps one :class:`OwnerState` per partition, saved to a compacted
+  topic of its own (``messaging.aggregate.state``, not a Faust table: see ``Worker``)
+  that restores it on restart or rebalance; closed windows go to ``messaging.metrics``
+  and to the gauges on ``/metrics``.
 """
 
 from __future__ import annotations

@@ -243,19 +243,19 @@ class Worker:
         every later commit, so that no offset past a state that was lost is committed
         (the restart reads the records again from the last commit)."""
         for delivery in list(self._state_writes):  # those sent before this commit
+            failure: Exception
             try:
                 await asyncio.shield(delivery)
+                continue
             except asyncio.CancelledError:
                 if not delivery.cancelled():
                     raise  # the commit itself is cancelled (stopping)
                 failure = RuntimeError("an aggregate state record's send was cancelled")
-                if self.failed is None:  # once, not at every commit it stops
-                    await self._stage_failed("aggregate", failure)
-                raise failure from None
-            except Exception as exc:
-                if self.failed is None:
-                    await self._stage_failed("aggregate", exc)
-                raise
+            except Exception as exc:  # noqa: BLE001 - re-raised below, whatever it is
+                failure = exc
+            if self.failed is None:  # once, not at every commit it stops
+                await self._stage_failed("aggregate", failure)
+            raise failure
         self._forget_written_states()
 
     def _forget_written_states(self) -> None:

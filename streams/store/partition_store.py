@@ -218,5 +218,18 @@ class PartitionStore:
                      self.rebuilt)
         return start
 
+    def count_estimate(self) -> int:
+        """RocksDB's estimate of the keys it holds (data, index and bookkeeping)."""
+        return self._db.property_int_value("rocksdb.estimate-num-keys") or 0
+
+    def memory_bytes(self) -> dict[str, int]:
+        """What RocksDB holds in memory for this store, by part: memtables, the block
+        cache, and the table readers (index and filter blocks kept outside the cache)."""
+        properties = {"memtables": "rocksdb.cur-size-all-mem-tables",
+                      "block_cache": "rocksdb.block-cache-usage",
+                      "table_readers": "rocksdb.estimate-table-readers-mem"}
+        return {part: self._db.property_int_value(name) or 0
+                for part, name in properties.items()}
+
     def _has_any(self) -> bool:
         return next(iter(self._db.keys()), None) is not None

@@ -30,6 +30,19 @@ def test_staged_writes_are_seen_at_once_and_kept_only_once_committed(tmp_path: P
     store.close()
 
 
+def test_the_store_reports_its_keys_and_what_rocksdb_holds_in_memory(tmp_path: Path) -> None:
+    store = PartitionStore(tmp_path / "p0")
+    empty = store.memory_bytes()
+    assert set(empty) == {"memtables", "block_cache", "table_readers"}
+    for n in range(0, 20_000, 1_000):
+        for key in range(n, n + 1_000):
+            store.stage(b"k%d" % key, b"v" * 100)
+        store.commit(n)
+    assert store.count_estimate() >= 20_000
+    assert store.memory_bytes()["memtables"] > empty["memtables"] + 2_000_000  # 2 MB of values
+    store.close()
+
+
 def test_restore_reads_only_the_tail_of_the_changelog_the_store_reflects(tmp_path: Path) -> None:
     store = PartitionStore(tmp_path / "p0")
     store.stage(b"a", b"1")

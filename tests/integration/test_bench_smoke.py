@@ -19,7 +19,7 @@ def test_bench_runs_and_reports_every_variant(kafka_bootstrap: str, tmp_path) ->
     variants = ["ceiling", "faust", "worker"]  # quix needs the 'bench' extra
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--events", "30000", "--variants", ",".join(variants),
-         "--skip-freshness", "--output-dir", str(tmp_path)],
+         "--warmup-events", "5000", "--skip-freshness", "--output-dir", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -31,6 +31,10 @@ def test_bench_runs_and_reports_every_variant(kafka_bootstrap: str, tmp_path) ->
         assert outcomes[name]["status"] == "ok", outcomes[name]
         assert outcomes[name]["peak_rss_bytes"] > 0
     assert outcomes["ceiling"]["events_per_second"] > 0
+    # the broker was warmed by a worker of its own group, which took its share and stopped
+    assert result["warmup"]["status"] == "ok" and result["warmup"]["name"] == "warmup"
+    warm_written = result["warmup"]["info"]["offsets_written_per_event"]
+    assert any(t.endswith(".ingest.state") and r > 0 for t, r in warm_written.items())
     assert result["versions"]["faust-streaming"] and result["versions"]["aiokafka"]
     written = outcomes["worker"]["info"]["offsets_written_per_event"]
     state = next(rate for topic, rate in written.items() if topic.endswith(".ingest.state"))

@@ -76,7 +76,8 @@ def show(result: dict[str, Any], console: Console) -> None:
             f"restart after kill -9: {restart['restart_seconds']:.1f} s from the new worker's "
             f"start to {restart['new_events']:,} new events processed, with "
             f"{restart['conversations'] or 0:,} conversations in state "
-            f"({restart['events']:,} events); RSS {restart['rss_before_kill_bytes'] / MIB:.0f} MiB "
+            f"({restart['events']:,} events); RSS {restart['rss_at_done_bytes'] / MIB:.0f} MiB "
+            f"when the preload was done, {restart['rss_before_kill_bytes'] / MIB:.0f} MiB idle "
             f"before the kill, {restart['rss_after_restart_bytes'] / MIB:.0f} MiB after"
         )
     fresh = result.get("freshness")

@@ -712,11 +712,26 @@ def run_restart(ctx: Context, topic: str, preloaded: dict[str, Any]) -> dict[str
     wait_until(lambda: processed_total(first) >= args.events, ctx.timeout,
                "the worker to take the preloaded events", interval=0.5)
     assert first.process is not None
-    before_kill = rss_by_process(first.process.pid)
-    rss = sum(p["rss_bytes"] for p in before_kill)
     took = time.time() - started
-    console.log(f"restart: took them in {took:.1f} s; RSS {rss / 2**20:.0f} MiB "
-                f"({_mib_by_process(before_kill)}); kill -9")
+    at_done = rss_by_process(first.process.pid)
+    rss_done = sum(p["rss_bytes"] for p in at_done)
+    console.log(f"restart: took them in {took:.1f} s; RSS {rss_done / 2**20:.0f} MiB "
+                f"({_mib_by_process(at_done)}); settling {args.restart_settle:.0f} s")
+    # What a batch held while the backlog ran (fetched records, the batch's records,
+    # free memory the allocator keeps until the next trim) moves RSS by ~0.2 GiB from
+    # one moment to the next; idle, the worker trims every 5 s and holds its state and
+    # its fixed budget: the number to compare across state sizes.
+    settled: list[int] = []
+    settle_until = time.monotonic() + args.restart_settle
+    while True:
+        before_kill = rss_by_process(first.process.pid)
+        settled.append(sum(p["rss_bytes"] for p in before_kill))
+        if time.monotonic() >= settle_until:
+            break
+        time.sleep(1.0)
+    rss = settled[-1]
+    console.log(f"restart: idle RSS {rss / 2**20:.0f} MiB ({_mib_by_process(before_kill)}); "
+                "kill -9")
     first.kill()
     ctx.processes.stop(first)
     if args.restart_new_disk:
@@ -769,6 +784,8 @@ def run_restart(ctx: Context, topic: str, preloaded: dict[str, Any]) -> dict[str
     return {
         "events": args.events, "conversations": preloaded.get("conversations"),
         "first_run_seconds": round(took, 2), "rss_before_kill_bytes": rss,
+        "rss_at_done_bytes": rss_done, "rss_at_done_by_process": at_done,
+        "rss_settling_bytes": settled,
         "new_events": new_events, "new_disk": args.restart_new_disk,
         "restart_seconds": round(restart_seconds, 2),
         "metrics_up_seconds": round((answered or began) - began, 2),
@@ -861,6 +878,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "preloaded events, is killed with SIGKILL, and a new one starts")
     restart.add_argument("--restart-new-events", type=int, default=2_000,
                          help="events produced while the worker is down (default %(default)s)")
+    restart.add_argument("--restart-settle", type=float, default=12.0, metavar="SECONDS",
+                         help="after the preload is taken, the worker idles this long "
+                         "(RSS sampled every second) before the kill (default %(default)s)")
     restart.add_argument("--restart-new-disk", action="store_true",
                          help="delete the worker's STATE_DIR before the restart, as on a new "
                          "machine: the restart rebuilds its local state from the changelogs")

@@ -45,7 +45,7 @@ def test_bench_restart_measures_a_kill_and_a_restart(kafka_bootstrap: str, tmp_p
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--restart", "--events", "20000",
-         "--restart-new-events", "500", "--ingest-processes", "2", "--output-dir", str(tmp_path)],
+         "--restart-new-events", "500", "--restart-settle", "2", "--ingest-processes", "2", "--output-dir", str(tmp_path)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -55,7 +55,10 @@ def test_bench_restart_measures_a_kill_and_a_restart(kafka_bootstrap: str, tmp_p
     assert 0 < restart["conversations"] < 20_000
     assert restart["restart_seconds"] > restart["metrics_up_seconds"] > 0
     assert restart["rss_before_kill_bytes"] > 0 and restart["rss_after_restart_bytes"] > 0
-    for moment in ("before_kill", "after_restart"):  # the sum, and which process holds it
+    # sampled every second while the worker idled, the last one just before the kill
+    assert len(restart["rss_settling_bytes"]) >= 2
+    assert restart["rss_settling_bytes"][-1] == restart["rss_before_kill_bytes"]
+    for moment in ("at_done", "before_kill", "after_restart"):  # the sum, and by process
         processes = restart[f"rss_{moment}_by_process"]
         assert [p["role"] for p in processes].count("main") == 1
         assert [p["role"] for p in processes].count("child") == 2  # the ingest processes

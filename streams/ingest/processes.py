@@ -33,6 +33,7 @@ from multiprocessing.process import BaseProcess
 
 from streams import collector
 from streams.ingest.stage import IngestStage
+from streams.kafka.io import being_cancelled
 from streams.kafka.outage import (
     RETRY_FIRST_SECONDS,
     RETRY_MAX_SECONDS,
@@ -48,6 +49,12 @@ log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
 FATAL_EXIT_CODE = 2  # a child that exits so is not restarted: retrying cannot mend it
+# After stop() (the batch in flight committed, partitions released, clients closed), the
+# batch loop has this long to notice. aiokafka's getmany() waits for a rebalance in
+# progress to end, with no timeout: a child stopped while its consumer was joining (as
+# soon as a worker starts, or during a rebalance) never got out of it, and held the
+# whole worker's shutdown until the 20 s deadline, which then exited 1.
+LOOP_END_SECONDS = 2.0
 STEADY_CHILD_SECONDS = 60.0  # a child that lived this long died of something new
 
 
@@ -198,8 +205,17 @@ async def _serve(settings: Settings, source: str, sender: Connection, state_owne
     await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
     await stage.stop()
     stopper.cancel()
+    await asyncio.wait({runner}, timeout=LOOP_END_SECONDS)
+    if not runner.done():
+        log.info("ingest process %s: its batch loop had not ended %.0f s after the stop "
+                 "(at %s); cancelled: nothing of it is left to commit", source,
+                 LOOP_END_SECONDS, _awaiting(runner))
+        runner.cancel()
     try:
         await runner
+    except asyncio.CancelledError:
+        if being_cancelled():
+            raise
     except Exception as exc:
         if is_fatal(exc):
             log.error("ingest process %s cannot go on: %s", source, exc)
@@ -208,3 +224,14 @@ async def _serve(settings: Settings, source: str, sender: Connection, state_owne
         return 1
     log.info("ingest process %s committed and stopped", source)
     return 0
+
+
+def _awaiting(task: asyncio.Task[None]) -> str:
+    """Where a suspended task waits: its chain of awaited coroutines, innermost last."""
+    frames, awaited = [], task.get_coro()
+    while awaited is not None and getattr(awaited, "cr_frame", None) is not None:
+        frame = awaited.cr_frame
+        frames.append(f"{frame.f_code.co_name} ({frame.f_code.co_filename.rsplit('/', 1)[-1]}"
+                      f":{frame.f_lineno})")
+        awaited = awaited.cr_await
+    return " > ".join(frames) or "unknown"

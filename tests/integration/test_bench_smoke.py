@@ -33,6 +33,10 @@ def test_bench_runs_and_reports_every_variant(kafka_bootstrap: str, tmp_path) ->
     assert outcomes["ceiling"]["events_per_second"] > 0
     # the broker was warmed by a worker of its own group, which took its share and stopped
     assert result["warmup"]["status"] == "ok" and result["warmup"]["name"] == "warmup"
+    # each worker was stopped with SIGTERM as soon as it had its events, an ingest
+    # process perhaps still joining its group: every one stopped within its deadline
+    for log_file in tmp_path.glob("*-logs/w*.log"):
+        assert "shutdown took over" not in log_file.read_text(), log_file.name
     warm_written = result["warmup"]["info"]["offsets_written_per_event"]
     assert any(t.endswith(".ingest.state") and r > 0 for t, r in warm_written.items())
     assert result["versions"]["faust-streaming"] and result["versions"]["aiokafka"]

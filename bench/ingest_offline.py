@@ -148,10 +148,10 @@ def _memory_sample(state: Any, events: int, rss_growth_mib: float) -> dict[str, 
               "ids_in_memory": len(core.event_ids),
               "ids_spilled": spilled.fingerprints if spilled else 0,
               "bloom_kib": spilled.bloom.size_in_bits // 8 // 1024 if spilled else 0,
-              "conversations": state.store.count_estimate()}
+              "store_keys": state.store.count_estimate()}
     sample.update({f"rocksdb_{part}_mib": round(size / 2**20, 1)
                    for part, size in state.store.memory_bytes().items()})
-    print("  after {events:,} events ({conversations:,} keys): RSS +{rss_growth_mib} MiB; "
+    print("  after {events:,} events ({store_keys:,} keys): RSS +{rss_growth_mib} MiB; "
           "event ids in memory {ids_in_memory:,}, spilled {ids_spilled:,} (filter "
           "{bloom_kib:,} KiB); RocksDB memtables {rocksdb_memtables_mib}, block cache "
           "{rocksdb_block_cache_mib}, table readers {rocksdb_table_readers_mib} MiB"

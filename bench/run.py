@@ -46,6 +46,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -438,14 +439,21 @@ def warm_up_broker(ctx: Context, topic: str) -> Outcome:
     the variants are measured anyway (on a broker less warm)."""
     events = min(ctx.args.warmup_events, ctx.args.events)
     console.rule(f"warm-up: our worker takes {events:,} events (not measured)")
-    try:
-        outcome = run_worker(ctx, topic, "warmup", events)
-    except (KeyboardInterrupt, Interrupted):
-        raise
-    except Exception as exc:  # noqa: BLE001 - the measurement can go on without it
-        outcome = Outcome("warmup", VARIANTS["worker"], status="failed", reason=str(exc))
+    outcome = _attempt("warmup", VARIANTS["worker"], lambda: run_worker(ctx, topic, "warmup", events))
     console.log(report.one_line(outcome))
     return outcome
+
+
+def _attempt(name: str, description: str, run: Callable[[], Outcome]) -> Outcome:
+    """One measurement; a failure is recorded as its outcome (with the reason) and the
+    run goes on to the next: one failed peer does not cost the others' numbers. An
+    interrupt still ends the run."""
+    try:
+        return run()
+    except (KeyboardInterrupt, Interrupted):
+        raise
+    except Exception as exc:  # noqa: BLE001 - reported in the outcome, not swallowed
+        return Outcome(name, description, status="failed", reason=str(exc))
 
 
 def rss_of_tree(pid: int, field: str) -> int:
@@ -978,12 +986,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in chosen:
                 console.rule(f"{name}: {VARIANTS[name]}")
                 load = loadavg()
-                try:
-                    outcome = RUNNERS[name](ctx, topic)
-                except (KeyboardInterrupt, Interrupted):
-                    raise
-                except Exception as exc:  # noqa: BLE001 - one failed peer does not stop the run
-                    outcome = Outcome(name, VARIANTS[name], status="failed", reason=str(exc))
+                outcome = _attempt(name, VARIANTS[name], partial(RUNNERS[name], ctx, topic))
                 outcome.info["loadavg_before"] = load  # others' load skews the numbers
                 outcomes.append(outcome)
                 console.log(report.one_line(outcome))

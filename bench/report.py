@@ -80,6 +80,10 @@ def show(result: dict[str, Any], console: Console) -> None:
             f"when the preload was done, {restart['rss_before_kill_bytes'] / MIB:.0f} MiB idle "
             f"before the kill, {restart['rss_after_restart_bytes'] / MIB:.0f} MiB after"
         )
+        store = restart.get("state_store_before_kill_bytes") or {}
+        for stage, parts in sorted(store.items()):
+            console.print(f"  {stage} state before the kill: " + ", ".join(
+                f"{part} {size / MIB:.1f} MiB" for part, size in parts.items()))
     fresh = result.get("freshness")
     if fresh:
         if fresh.get("status") == "failed":

@@ -482,6 +482,22 @@ def _mib_by_process(processes: list[dict[str, Any]]) -> str:
                      if p["role"] != "resource_tracker")
 
 
+def state_store(worker: WorkerProcess) -> dict[str, dict[str, int]]:
+    """The worker's ``messaging_state_store_bytes``: by stage, its RocksDB's parts."""
+    out: dict[str, dict[str, int]] = {}
+    for (_, labels), value in worker.scrape("messaging_state_store_bytes").items():
+        named = dict(labels)
+        out.setdefault(named["stage"], {})[named["part"]] = int(value)
+    return out
+
+
+def _store_memory_mib(store: dict[str, dict[str, int]]) -> str:
+    return ", ".join(
+        f"{stage} {sum(v for part, v in parts.items() if part != 'sst_files') / 2**20:.0f} MiB"
+        for stage, parts in sorted(store.items())
+    )
+
+
 def _metric_sum(scraped: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
                 **labels: str) -> float:
     wanted = set(labels.items())
@@ -744,8 +760,9 @@ def run_restart(ctx: Context, topic: str, preloaded: dict[str, Any]) -> dict[str
             break
         time.sleep(1.0)
     rss = settled[-1]
+    store = state_store(first)
     console.log(f"restart: idle RSS {rss / 2**20:.0f} MiB ({_mib_by_process(before_kill)}); "
-                "kill -9")
+                f"RocksDB in memory {_store_memory_mib(store)}; kill -9")
     first.kill()
     ctx.processes.stop(first)
     if args.restart_new_disk:
@@ -799,7 +816,7 @@ def run_restart(ctx: Context, topic: str, preloaded: dict[str, Any]) -> dict[str
         "events": args.events, "conversations": preloaded.get("conversations"),
         "first_run_seconds": round(took, 2), "rss_before_kill_bytes": rss,
         "rss_at_done_bytes": rss_done, "rss_at_done_by_process": at_done,
-        "rss_settling_bytes": settled,
+        "rss_settling_bytes": settled, "state_store_before_kill_bytes": store,
         "new_events": new_events, "new_disk": args.restart_new_disk,
         "restart_seconds": round(restart_seconds, 2),
         "metrics_up_seconds": round((answered or began) - began, 2),

@@ -39,6 +39,7 @@ from streams.kafka.stage import read_partitions
 from streams.pipeline_metrics import PipelineMetrics
 from streams.risk.stage import RiskStage
 from streams.settings import Settings
+from streams.store.partition_store import USAGE_PARTS, total_usage
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,10 @@ class Worker:
         owned = self.metrics.owned_partitions  # ingest: from its reports
         owned.labels("risk").set_function(lambda: len(self.risk.partitions))
         owned.labels("aggregate").set_function(lambda: len(self._assigned_partials()))
+        for part in USAGE_PARTS:
+            self.metrics.state_store_bytes.labels("risk", part).set_function(
+                lambda part=part: total_usage(p.store for p in self.risk.partitions.values())[part]
+            )
         self.app.agent(self.partials, name="aggregate")(self._aggregate)
         # Started by the process's worker as soon as it runs (GracefulWorker), not as
         # Faust app tasks: those start only after the Faust consumer's first rebalance,

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from streams.events import EVENT_TYPES, REJECTION_REASONS
 from streams.kafka.outage import OutageReport
+from streams.store.partition_store import USAGE_PARTS
 
 STAGES = ("ingest", "risk")  # the batch stages, which report their outages
 
@@ -26,6 +27,8 @@ class BatchReport:
     processed: dict[str, int] = field(default_factory=dict)
     invalid: dict[str, int] = field(default_factory=dict)
     late: int = 0
+    # its partitions' local state (RocksDB), by part (streams.store.partition_store.USAGE_PARTS)
+    store: dict[str, int] = field(default_factory=dict)
 
 
 class PipelineMetrics:
@@ -77,6 +80,18 @@ class PipelineMetrics:
             "its processes.",
             ["stage"], registry=registry,
         )
+        self.state_store_bytes = Gauge(
+            "messaging_state_store_bytes",
+            "The local state (RocksDB) of the partitions this worker owns, by stage "
+            "(ingest, risk) and part: memory (memtables, block_cache, table_readers) and "
+            "disk (sst_files).",
+            ["stage", "part"], registry=registry,
+        )
+        self._stores: dict[str, dict[str, int]] = {}  # ingest source -> its last report's
+        for part in USAGE_PARTS:
+            self.state_store_bytes.labels("ingest", part).set_function(
+                lambda part=part: sum(store.get(part, 0) for store in self._stores.values())
+            )
         self._outages: dict[tuple[str, str], float] = {}  # (stage, source) -> since
         for stage in STAGES:
             self.kafka_outages.labels(stage)
@@ -124,5 +139,6 @@ class PipelineMetrics:
         # gauges of the whole worker: the sum over its ingests' latest reports
         self._lag[report.source] = report.lag
         self._owned[report.source] = report.owned
+        self._stores[report.source] = report.store
         self.consumer_lag.set(sum(self._lag.values()))
         self.owned_partitions.labels("ingest").set(sum(self._owned.values()))

@@ -318,6 +318,7 @@ def assert_labels_are_enumerations(scraped: Samples) -> None:
         SENDER_TYPES,
         SPAM_REASONS,
     )
+    from streams.store.partition_store import USAGE_PARTS
 
     allowed = {
         "platform": set(PLATFORMS), "channel": {*CHANNELS, "unknown"},
@@ -326,7 +327,7 @@ def assert_labels_are_enumerations(scraped: Samples) -> None:
         "reason": {*SPAM_REASONS, *REJECTION_REASONS, *RISK_RULES},
         "stage": {"ingest", "aggregate", "risk"},
         "answer": set(ANSWERS), "response": set(RESPONSES), "resolution": {"hour", "day"},
-        "horizon": {"1h", "24h", "7d"},
+        "horizon": {"1h", "24h", "7d"}, "part": set(USAGE_PARTS),
     }
     for name, labels in scraped:
         for label, value in labels:

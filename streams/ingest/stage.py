@@ -51,7 +51,7 @@ from streams.kafka.outage import OutageReport
 from streams.kafka.stage import STALLED_AFTER_SECONDS, TransactionalStage
 from streams.pipeline_metrics import BatchReport
 from streams.settings import Settings
-from streams.store.partition_store import PartitionStore, StoreLocked
+from streams.store.partition_store import PartitionStore, StoreLocked, total_usage
 from streams.windows import (
     Idleness,
     PartitionClock,
@@ -385,6 +385,7 @@ class IngestStage(TransactionalStage[IngestPartition]):
         self.report(BatchReport(
             self.report_source, events, seconds, lag, len(self.partitions),
             tally.processed, tally.invalid, tally.late,
+            total_usage(state.store for state in self.partitions.values()),
         ))
 
 

@@ -45,6 +45,30 @@ _UNSTAGED = object()
 _OFFSET = struct.Struct(">q")
 
 
+_MEMORY_PROPERTIES = {
+    "memtables": "rocksdb.cur-size-all-mem-tables",
+    "block_cache": "rocksdb.block-cache-usage",
+    "table_readers": "rocksdb.estimate-table-readers-mem",
+}
+_USAGE_PROPERTIES = _MEMORY_PROPERTIES | {"sst_files": "rocksdb.total-sst-files-size"}
+USAGE_PARTS = tuple(_USAGE_PROPERTIES)  # what :meth:`PartitionStore.usage` reports
+
+
+def total_usage(stores: Iterable[PartitionStore]) -> dict[str, int]:
+    """:meth:`PartitionStore.usage` summed over stores (every part, zero without any); a
+    store closed meanwhile (its partition just given up) counts nothing."""
+    total = dict.fromkeys(USAGE_PARTS, 0)
+    for store in stores:
+        try:
+            usage = store.usage()
+        except Exception as exc:  # noqa: BLE001 - rocksdict's DbClosedError and the like
+            log.debug("no usage of %s: %s", store.path, exc)
+            continue
+        for part, size in usage.items():
+            total[part] += size
+    return total
+
+
 class StoreLocked(Exception):
     """Another process has the store open (e.g. a sibling ingest process giving the
     partition up, still finishing its restore)."""
@@ -225,9 +249,13 @@ class PartitionStore:
     def memory_bytes(self) -> dict[str, int]:
         """What RocksDB holds in memory for this store, by part: memtables, the block
         cache, and the table readers (index and filter blocks kept outside the cache)."""
-        properties = {"memtables": "rocksdb.cur-size-all-mem-tables",
-                      "block_cache": "rocksdb.block-cache-usage",
-                      "table_readers": "rocksdb.estimate-table-readers-mem"}
+        return self._properties(_MEMORY_PROPERTIES)
+
+    def usage(self) -> dict[str, int]:
+        """:meth:`memory_bytes`, and the store's table files on disk (``sst_files``)."""
+        return self._properties(_USAGE_PROPERTIES)
+
+    def _properties(self, properties: dict[str, str]) -> dict[str, int]:
         return {part: self._db.property_int_value(name) or 0
                 for part, name in properties.items()}
 

@@ -68,4 +68,9 @@ def test_bench_restart_measures_a_kill_and_a_restart(kafka_bootstrap: str, tmp_p
         assert [p["role"] for p in processes].count("child") == 2  # the ingest processes
         assert sum(p["rss_bytes"] for p in processes) == restart[f"rss_{moment}_bytes"]
     assert any("ingest restored" in line for line in restart["restored"]), restart["restored"]
+    # the worker's RocksDB, from /metrics (the ingest's is as of its children's last batch:
+    # with a 2-s settle they may still be sharing the partitions out, owning none)
+    store = restart["state_store_before_kill_bytes"]
+    assert set(store) == {"ingest", "risk"}
+    assert store["risk"]["memtables"] > 0, store
     assert "restart after kill -9" in completed.stdout

@@ -19,6 +19,7 @@ import pytest
 from streams.aggregate.state_records import position_of
 from streams.replay import replay
 from streams.settings import Settings
+from streams.store.partition_store import USAGE_PARTS
 from tests import reference
 from tests.harness import WorkerProcess, read_topic, wait_until
 from tests.pipeline import (
@@ -110,6 +111,11 @@ def test_windows_and_gauges_equal_an_independent_recount(
         scraped = last_window_gauges([worker], last + WINDOW)
         whole = worker.scrape()
         assert_labels_are_enumerations(whole)
+        # the local state's RocksDB: both stages report it, and the ingest's holds data
+        store = {(dict(labels)["stage"], dict(labels)["part"]): value
+                 for (name, labels), value in whole.items() if name == "messaging_state_store_bytes"}
+        assert set(store) == {(stage, part) for stage in ("ingest", "risk") for part in USAGE_PARTS}
+        assert store["ingest", "memtables"] > 100_000, store
         only = worker.scrape("messaging_events_processed_total")  # ?name[]=: that family
         assert {name for name, _ in only} == {"messaging_events_processed_total"}
         assert only == {k: v for k, v in whole.items() if k in only}

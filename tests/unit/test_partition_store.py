@@ -3,6 +3,7 @@ disk behind a small cache giving exactly what the all-in-memory table gives."""
 
 from __future__ import annotations
 
+import os
 import struct
 from itertools import islice
 from pathlib import Path
@@ -13,7 +14,7 @@ from producers.simulator import SimulationProfile, Simulator
 from streams.events import parse
 from streams.ingest.conversation_table import StoredConversations
 from streams.ingest.conversations import BatchWindows, PartitionCore
-from streams.store.partition_store import PartitionStore
+from streams.store.partition_store import USAGE_PARTS, PartitionStore, total_usage
 
 
 def test_staged_writes_are_seen_at_once_and_kept_only_once_committed(tmp_path: Path) -> None:
@@ -41,6 +42,25 @@ def test_the_store_reports_its_keys_and_what_rocksdb_holds_in_memory(tmp_path: P
     assert store.count_estimate() >= 20_000
     assert store.memory_bytes()["memtables"] > empty["memtables"] + 2_000_000  # 2 MB of values
     store.close()
+
+
+def test_usage_adds_the_table_files_on_disk_and_sums_over_the_open_stores(tmp_path: Path) -> None:
+    first = PartitionStore(tmp_path / "p0")
+    for key in range(5_000):
+        first.stage(b"k%d" % key, os.urandom(100))  # incompressible
+    first.commit(1)
+    first.close()
+    first = PartitionStore(tmp_path / "p0")  # its memtable was written to a table file
+    second, gone = PartitionStore(tmp_path / "p1"), PartitionStore(tmp_path / "p2")
+    gone.close()  # a partition just given up counts nothing, and fails nothing
+    usage = first.usage()
+    assert set(usage) == set(USAGE_PARTS)
+    assert usage["sst_files"] > 5_000 * 100
+    total = total_usage([first, second, gone])
+    assert total == {part: usage[part] + size for part, size in second.usage().items()}
+    assert total_usage([]) == dict.fromkeys(USAGE_PARTS, 0)
+    first.close()
+    second.close()
 
 
 def test_restore_reads_only_the_tail_of_the_changelog_the_store_reflects(tmp_path: Path) -> None:

@@ -18,10 +18,13 @@ def test_counters_add_and_gauges_sum_the_latest_report_of_each_ingest() -> None:
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry)
     metrics.record_batch(BatchReport("0", 10, 0.1, lag=500, owned=2,
-                                     processed={"message_sent": 9}, invalid={"wrong_type": 1}))
+                                     processed={"message_sent": 9}, invalid={"wrong_type": 1},
+                                     store={"memtables": 4_000, "sst_files": 9_000}))
     metrics.record_batch(BatchReport("1", 5, 0.1, lag=70, owned=2,
-                                     processed={"message_sent": 4, "message_read": 1}, late=2))
-    metrics.record_batch(BatchReport("0", 0, 0.2, lag=300, owned=1))  # an empty poll
+                                     processed={"message_sent": 4, "message_read": 1}, late=2,
+                                     store={"memtables": 1_000, "sst_files": 500}))
+    metrics.record_batch(BatchReport("0", 0, 0.2, lag=300, owned=1,  # an empty poll
+                                     store={"memtables": 3_000, "sst_files": 8_000}))
 
     assert value(registry, "messaging_events_processed_total", type="message_sent") == 13
     assert value(registry, "messaging_events_processed_total", type="message_read") == 1
@@ -30,6 +33,9 @@ def test_counters_add_and_gauges_sum_the_latest_report_of_each_ingest() -> None:
     # the latest of each ingest, summed: 300 + 70 and 1 + 2
     assert value(registry, "messaging_consumer_lag_messages") == 370
     assert value(registry, "messaging_owned_partitions", stage="ingest") == 3
+    assert value(registry, "messaging_state_store_bytes", stage="ingest", part="memtables") == 4_000
+    assert value(registry, "messaging_state_store_bytes", stage="ingest", part="sst_files") == 8_500
+    assert value(registry, "messaging_state_store_bytes", stage="ingest", part="block_cache") == 0
     # an empty poll is not a batch
     assert value(registry, "messaging_ingest_batch_size_events_count") == 2
 

@@ -34,7 +34,7 @@ import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from rocksdict import BlockBasedIndexType, BlockBasedOptions, Cache, Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,13 @@ class PartitionStore:
 
     def __init__(
         self, path: Path, layout: bytes = b"1", *, write_buffer_bytes: int = 8 << 20,
-        block_cache_bytes: int = 8 << 20, index_and_filters_in_cache: bool = True,
+        block_cache_bytes: int = 8 << 20,
     ) -> None:
         self.path = path
         self.layout = layout
         self.write_buffer_bytes = write_buffer_bytes  # per memtable; two of them at most
         self.block_cache_bytes = block_cache_bytes
         self.rebuilt: str | None = None  # why the store was wiped on open, if it was
-        self.index_and_filters_in_cache = index_and_filters_in_cache
         self._pending: dict[bytes, bytes | None] = {}  # prefixed keys, data and index
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -109,19 +108,6 @@ class PartitionStore:
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
         table.set_block_cache(Cache(self.block_cache_bytes))
-        if self.index_and_filters_in_cache:
-            # The tables' index and filter blocks are charged to the block cache, not held
-            # beside it: held, they grow with the keys (18 MiB of a worker's RSS at 10M
-            # conversations, 1.8 at 1M), cached, the store's memory stays within its two
-            # memtables and its cache whatever it holds. Partitioned (a small top level
-            # pinned, the partitions cached as data blocks are) so that a look-up loads
-            # a few KiB of filter, not a whole table's; level 0's, the newest and most
-            # read, stay pinned. As Kafka Streams bounds its RocksDB memory.
-            table.set_cache_index_and_filter_blocks(True)
-            table.set_pin_l0_filter_and_index_blocks_in_cache(True)
-            table.set_index_type(BlockBasedIndexType.two_level_index_search())
-            table.set_partition_filters(True)
-            table.set_pin_top_level_index_and_filter(True)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         options.set_paranoid_checks(True)

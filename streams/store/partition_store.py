@@ -104,7 +104,10 @@ class PartitionStore:
         # 8, at the same events/s (bench --restart and the throughput bench). Bloom
         # filters, in the tables and (a tenth of its size) in the memtable, answer most
         # look-ups of keys not there (every conversation's first message) without a
-        # search: a third off the time of a get, measured offline.
+        # search: a third off the time of a get, measured offline. Their index and filter
+        # blocks are held beside the cache (about 1.8 MiB per million conversations):
+        # charged to it, they bounded memory but cost the ingest CPU once they no longer
+        # fitted (bench/README, session 20).
         table = BlockBasedOptions()
         table.set_bloom_filter(10, False)
         table.set_block_cache(Cache(self.block_cache_bytes))

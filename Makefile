@@ -9,8 +9,11 @@ COMPILE = .venv/bin/python -m compileall -q streams producers deploy bench tests
 
 .PHONY: install demo test test-cluster test-unit test-loop lint worker produce kafka bench clean
 
-$(SYNCED): pyproject.toml uv.lock
+# native/ (Rust) is built by uv sync through maturin: it needs cargo (rustup's, or Debian's)
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+$(SYNCED): pyproject.toml uv.lock native/pyproject.toml native/Cargo.toml native/src/lib.rs
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --progress-bar on "uv==$(UV_VERSION)"
+	@command -v cargo >/dev/null 2>&1 || { echo "cargo not found: install Rust (rustup.rs, or apt-get install cargo)" >&2; exit 1; }
 	uv sync --frozen
 	@touch $@
 

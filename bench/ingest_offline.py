@@ -13,7 +13,7 @@ commit.
     python -m bench.ingest_offline                      # 250,000 events, 3 rounds
     python -m bench.ingest_offline --events 50000 --rounds 5 --json out.json
     python -m bench.ingest_offline --partitions 1 --events 2000000 --rounds 1 \
-        --memory-every 250000     # RSS growth, event ids in memory and spilled
+        --memory-every 250000     # RSS growth, event ids, RocksDB
 
 The events are generated once per run (not measured); each round starts from a new
 store and state. Compare the median of rounds, code against code, on one machine.
@@ -143,17 +143,15 @@ async def one_round(
 
 def _memory_sample(state: Any, events: int, rss_growth_mib: float) -> dict[str, float]:
     """What the partition's state holds in memory now, and the process's RSS growth."""
-    core, spilled = state.core, state.core.spilled_ids
+    event_ids = state.core.event_ids
     sample = {"events": events, "rss_growth_mib": round(rss_growth_mib, 1),
-              "ids_in_memory": len(core.event_ids),
-              "ids_spilled": spilled.fingerprints if spilled else 0,
-              "bloom_kib": spilled.bloom.size_in_bits // 8 // 1024 if spilled else 0,
+              "event_ids": len(event_ids),
+              "event_ids_kib": event_ids.memory_bytes() // 1024,
               "store_keys": state.store.count_estimate()}
     sample.update({f"rocksdb_{part}_mib": round(size / 2**20, 1)
                    for part, size in state.store.memory_bytes().items()})
     print("  after {events:,} events ({store_keys:,} keys): RSS +{rss_growth_mib} MiB; "
-          "event ids in memory {ids_in_memory:,}, spilled {ids_spilled:,} (filter "
-          "{bloom_kib:,} KiB); RocksDB memtables {rocksdb_memtables_mib}, block cache "
+          "event ids {event_ids:,} ({event_ids_kib:,} KiB); RocksDB memtables {rocksdb_memtables_mib}, block cache "
           "{rocksdb_block_cache_mib}, table readers {rocksdb_table_readers_mib} MiB"
           .format(**sample), file=sys.stderr)
     return sample
@@ -175,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", type=Path, default=None, help="also write the rounds here")
     parser.add_argument("--memory-every", type=int, default=0, metavar="N",
                         help="every N events of each round, print its RSS growth and its "
-                        "event ids in memory and spilled (default: off)")
+                        "event ids and RocksDB (default: off)")
     return parser
 
 

@@ -182,11 +182,6 @@ class Settings(BaseSettings):
         default=100_000, ge=0, description="Conversations kept in memory per events "
         "partition (the most recently used); the rest are read from STATE_DIR when needed.",
     )
-    state_cache_event_ids: int = Field(
-        default=10_000, ge=0, description="Event ids kept in memory per events partition "
-        "(the newest); older ones within DEDUP_HORIZON_SECONDS are looked up through a "
-        "Bloom filter and the copies in STATE_DIR, about 10 bytes each in memory.",
-    )
     session_timeout_ms: int = Field(
         default=10_000, ge=6000, description="Consumer group session timeout: how long a "
         "vanished worker's partitions wait before others take them.",

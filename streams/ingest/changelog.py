@@ -32,7 +32,7 @@ import orjson
 from streams.ingest.conversation_table import Conversation, Touched
 from streams.store import records
 from streams.store.partition_store import PartitionStore
-from streams.store.records import RECORD_BYTES, chunks, record_key
+from streams.store.records import RECORD_BYTES, record_key
 
 CLOCK_KEY = b"\x00clock"
 IDS_PREFIX = b"\x00ids:"
@@ -89,23 +89,9 @@ def _add_chunk(
         out.append((key, _ENCODER.encode(chunk), expires))
 
 
-def id_records(
-    accepted: list[tuple[str, float]], last_offset: int, horizon: float, now: float
-) -> list[tuple[bytes, bytes, float, list[tuple[str, float]]]]:
-    """``(key, value, newest, ids)`` for the event ids a batch accepted, with their ts
-    (``newest``: the newest ts among them; the record expires ``horizon`` after it); as
-    :func:`conversation_records`, none all of whose ids are forgotten already."""
-    out = []
-    sizes = [len(event_id) + 32 for event_id, _ in accepted]
-    for n, chunk in enumerate(chunks(accepted, sizes)):
-        newest = ids_newest(chunk)
-        if newest + horizon >= now:
-            out.append((record_key(IDS_PREFIX, last_offset, n), orjson.dumps(chunk), newest, chunk))
-    return out
-
-
 def ids_record_holds(record: bytes, event_id: str, oldest: float) -> bool:
-    """Whether a record of :func:`id_records` (``[["<id>",<ts>],...]``) holds
+    """Whether a record of a batch's event ids (``[["<id>",<ts>],...]``, written by
+    ``EventIds.finish_batch`` in ``native/src/lib.rs``) holds
     ``event_id`` with ts ``oldest`` or later. Searched in its bytes, not decoded: a
     record holds thousands of ids, and a burst of redelivered events (a producer's retried
     batch) confirms one match each. ``["`` only starts an element (inside a JSON string a

@@ -17,17 +17,20 @@ the InMail response horizon (30 days, LinkedIn's definition), longer than others
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import floor
 
+from messaging_native import CONFIRM, DUPLICATE, EventIds
+
 from streams.events import Event, InMailAnswered, MessageSent
+from streams.ingest.changelog import ids_record_holds
 from streams.ingest.conversation_table import (
     Conversation,
     MemoryConversations,
     StoredConversations,
     Touched,
 )
-from streams.ingest.event_ids import SpilledEventIds
 from streams.partials import (
     ANSWER,
     BLOCK,
@@ -67,7 +70,6 @@ class BatchWindows:
     senders: dict[int, set[str]] = field(default_factory=dict)
     touched: dict[str, Touched] = field(default_factory=dict)  # conversations it changed
     activity: dict[int, dict[str, list[int]]] = field(default_factory=dict)  # window, sender
-    event_ids: list[tuple[str, float]] = field(default_factory=list)  # accepted, with ts
     reply_cohorts: dict[int, Partial] = field(default_factory=dict)  # start's hour
     inmail_cohorts: dict[int, Partial] = field(default_factory=dict)  # send day
     # recruiter InMail responses, in the window of the response, by sender and the
@@ -121,57 +123,55 @@ class PartitionCore:
     conversations: MemoryConversations | StoredConversations = field(
         default_factory=MemoryConversations
     )
-    event_ids: dict[str, float] = field(default_factory=dict)  # id -> ts, oldest first
-    spilled_ids: SpilledEventIds | None = None  # older ids, off the heap (with a store)
+    # the changelog records of ids, where a fingerprint's match is confirmed (the store)
+    read_record: Callable[[bytes], bytes | None] | None = None
+    event_ids: EventIds = field(init=False)  # accepted within the horizon (:mod:`.event_ids`)
     clock: PartitionClock = field(init=False)
     inmail_ttl: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.clock = PartitionClock(self.lateness)
+        self.event_ids = EventIds(self.dedup_horizon)
         # InMail conversations are remembered for the longer of the two
         self.inmail_ttl = max(self.conversation_ttl, self.inmail_horizon)
 
     def admit(self, event: Event) -> str | None:
-        """Checks that need this partition's state: a rejection reason, or None."""
+        """Checks that need this partition's state: a rejection reason, or None; an
+        admitted event's id is remembered at once (:meth:`add` always follows)."""
         ts = event.ts
         newest = self.clock.max_ts
         if ts > newest + self.max_ahead and newest != -math.inf:  # the first sets the pace
             return "timestamp_too_far_ahead"
-        event_id = event.event_id
-        seen = self.event_ids.get(event_id)
-        if seen is None:
-            spilled = self.spilled_ids
-            if (
-                spilled is not None and spilled.spilled and hash(event_id) in spilled.bloom
-                and spilled.seen(event_id, newest - self.dedup_horizon)
-            ):
-                return "duplicate_event_id"
-        elif seen >= newest - self.dedup_horizon:
+        oldest = newest - self.dedup_horizon
+        verdict = self.event_ids.admit(event.event_id, ts, oldest)
+        if verdict == DUPLICATE:
             return "duplicate_event_id"
+        if verdict == CONFIRM:  # a fingerprint matched one in a record: is it the id?
+            return self._confirm(event.event_id, ts, oldest)
+        return None
+
+    def _confirm(self, event_id: str, ts: float, oldest: float) -> str | None:
+        key = self.event_ids.record_of_id(event_id)
+        assert key is not None and self.read_record is not None
+        record = self.read_record(key)  # None: forgotten with its life
+        if record is not None and ids_record_holds(record, event_id, oldest):
+            return "duplicate_event_id"
+        self.event_ids.accept(event_id, ts, oldest)
         return None
 
     def conversation(self, conversation_id: str) -> Conversation | None:
         """A remembered conversation (TTL not applied)."""
         return self.conversations.get(conversation_id)
 
-    def expire(self) -> tuple[list[str], list[str]]:
-        """Drop conversations and event ids past their horizon; return what was dropped.
-        InMail conversations are kept for the longer InMail horizon."""
+    def expire(self) -> list[str]:
+        """Drop conversations and event ids past their horizon; return the conversations
+        dropped. InMail conversations are kept for the longer InMail horizon."""
         now = self.clock.max_ts
         dropped_conversations = self.conversations.expire(
             now - self.conversation_ttl, now - self.inmail_ttl
         )
-        dropped_ids = []
-        oldest = now - self.dedup_horizon
-        for event_id, ts in self.event_ids.items():
-            if ts >= oldest:
-                break
-            dropped_ids.append(event_id)
-        for event_id in dropped_ids:
-            del self.event_ids[event_id]
-        if self.spilled_ids is not None:
-            self.spilled_ids.expire(oldest)
-        return dropped_conversations, dropped_ids
+        self.event_ids.expire(now - self.dedup_horizon)
+        return dropped_conversations
 
     def add(self, event: Event, batch: BatchWindows) -> bool:
         """Apply one valid event; count it unless it is late. Returns False when late.
@@ -187,9 +187,6 @@ class PartitionCore:
         if ts > clock.max_ts:  # noqa: PLR1730 (a call to max() costs more, per event)
             clock.max_ts = ts
         clock.idle = False
-        event_id = event.event_id
-        self.event_ids[event_id] = ts
-        batch.event_ids.append((event_id, ts))
         kind = event.kind
         conversation: Conversation | None = None
         if kind not in _WITHOUT_CONVERSATION:

@@ -38,13 +38,11 @@ from streams.ingest.changelog import (
     conversation_records,
     conversations_expiry,
     decode_conversations,
-    id_records,
     ids_expiry,
     is_conversations,
 )
 from streams.ingest.conversation_table import Conversation, StoredConversations
 from streams.ingest.conversations import BatchWindows, PartitionCore, new_core
-from streams.ingest.event_ids import SpilledEventIds
 from streams.ingest.records import activity_records, mark_record, partial_records
 from streams.kafka.io import BatchWriter, fetched_end
 from streams.kafka.outage import OutageReport
@@ -52,6 +50,7 @@ from streams.kafka.stage import STALLED_AFTER_SECONDS, TransactionalStage
 from streams.pipeline_metrics import BatchReport
 from streams.settings import Settings
 from streams.store.partition_store import PartitionStore, StoreLocked, total_usage
+from streams.store.records import RECORD_BYTES
 from streams.windows import (
     Idleness,
     PartitionClock,
@@ -118,7 +117,7 @@ class IngestStage(TransactionalStage[IngestPartition]):
         store = PartitionStore(self.state_path / str(partition), STORE_LAYOUT)
         core = new_core(self.settings)
         core.conversations = StoredConversations(store, self.settings.state_cache_conversations)
-        core.spilled_ids = SpilledEventIds(store, self.settings.state_cache_event_ids)
+        core.read_record = store.get
         return IngestPartition(
             core, Idleness(self.settings.idle_timeout_seconds), store, RecordLives(store)
         )
@@ -172,8 +171,8 @@ class IngestStage(TransactionalStage[IngestPartition]):
                 changed, core.conversation_ttl, core.inmail_ttl))
 
     def restored(self, state: IngestPartition) -> None:
-        """The store reflects the changelog: the clock and the newest event ids come into
-        memory (older ones within the dedup horizon are spilled: :mod:`.event_ids`),
+        """The store reflects the changelog: the clock, and the fingerprints of the event
+        ids its records hold (the ids stay there: ``native/src/lib.rs``), come into memory;
         conversations stay on disk until needed. Then
         what is past its horizon goes, as the live stage dropped it batch by batch: a
         record lives while anything in it does, so it can bring back conversations (and
@@ -186,10 +185,8 @@ class IngestStage(TransactionalStage[IngestPartition]):
             clock = orjson.loads(raw)
             core.clock.max_ts = or_minus_inf(clock["max_ts"])
             state.resume_at = clock.get("resume_at")  # earlier versions: not written
-        assert core.spilled_ids is not None
-        core.spilled_ids.restore(
-            [(key, orjson.loads(value)) for key, value in store.items(IDS_PREFIX)],
-            core.event_ids,
+        core.event_ids.restore(
+            list(store.items(IDS_PREFIX)), core.clock.max_ts - core.dedup_horizon
         )
         core.expire()
         store.commit(None)
@@ -252,15 +249,12 @@ class IngestStage(TransactionalStage[IngestPartition]):
         ):
             await writer.add(state_topic, tp.partition, key, value)
             lives.track(key, expires)
-        spilled = core.spilled_ids
-        assert spilled is not None
-        for key, value, newest, ids in id_records(
-            batch.event_ids, last_offset, core.dedup_horizon, now
+        for key, value, newest in core.event_ids.finish_batch(
+            IDS_PREFIX, last_offset, now, RECORD_BYTES
         ):
             await writer.add(state_topic, tp.partition, key, value)
-            store.stage(key, value)  # read back on restore, and for spilled ids
+            store.stage(key, value)  # read back on restore, and to confirm duplicates
             lives.track(key, newest + core.dedup_horizon)
-            spilled.recorded(key, ids, newest, core.event_ids)
         await self._expire(tp.partition, state, writer)
         value = orjson.dumps(
             {"max_ts": finite_or_none(core.clock.max_ts), "resume_at": last_offset + 1}

@@ -30,15 +30,16 @@ def record_key(prefix: bytes, last_offset: int, n: int) -> bytes:
     return prefix + b"%d:%d" % (last_offset, n)
 
 
-def chunks(items: list[Item], sizes: list[int]) -> list[list[Item]]:
-    """``items`` in consecutive runs of at most ``RECORD_BYTES`` by ``sizes`` (halved
-    until each fits: the sums run in C, where a greedy cut would loop in Python)."""
+def chunks(items: list[Item], sizes: list[int], limit: int = RECORD_BYTES) -> list[list[Item]]:
+    """``items`` in consecutive runs of at most ``limit`` by ``sizes`` (halved until each
+    fits: the sums run in C, where a greedy cut would loop in Python)."""
     if not items:
         return []
-    if sum(sizes) <= RECORD_BYTES or len(items) == 1:
+    if sum(sizes) <= limit or len(items) == 1:
         return [items]
     half = len(items) // 2
-    return chunks(items[:half], sizes[:half]) + chunks(items[half:], sizes[half:])
+    return (chunks(items[:half], sizes[:half], limit)
+            + chunks(items[half:], sizes[half:], limit))
 
 
 class RecordLives:

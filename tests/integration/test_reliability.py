@@ -193,11 +193,9 @@ def test_kill_minus_9_at_random_points_loses_and_doubles_nothing(
     worker) and the restarted worker's children fence the old ones' transactions.
 
     The input repeats some events, thousands of events after the first copy and within
-    the dedup horizon, and the worker keeps 300 event ids per partition in memory: the
-    repeats are found among the spilled ids, before and after each restore."""
-    settings = settings.model_copy(
-        update={"ingest_processes": ingest_processes, "state_cache_event_ids": 300}
-    )
+    the dedup horizon: the repeats are confirmed against the ids in the store's records
+    (batches long committed), before and after each restore."""
+    settings = settings.model_copy(update={"ingest_processes": ingest_processes})
     asyncio.run(ensure_topics(settings))
     events = simulated(60_000, seed=33)
     records = with_repeats(encoded(events), random.Random(ingest_processes))

@@ -1,29 +1,33 @@
-"""Event ids beyond the in-memory cache are spilled (a Bloom filter, fingerprints, the
-ids in the store) and deduplication stays exactly what it is with every id in memory,
-live and after a rebuild from the changelog."""
+"""The event ids of the dedup horizon (``messaging_native.EventIds``, in Rust): 64-bit
+fingerprints in memory, the ids themselves in the changelog records the store keeps.
+Deduplication is exact: a fingerprint's match is confirmed against the id, and ids whose
+fingerprints collide are told apart, live and after a rebuild from the changelog."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import random
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import orjson
+import pytest
 from aiokafka.structs import TopicPartition
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from messaging_native import CONFIRM, DUPLICATE, NEW, EventIds
 
 from producers.profile import SimulationProfile
 from producers.simulator import Simulator
-from streams.ingest import event_ids
+from streams.events import MAX_TS, MIN_TS
 from streams.ingest.changelog import ids_record_holds
-from streams.ingest.event_ids import SpilledEventIds
+from streams.ingest.conversations import PartitionCore
 from streams.ingest.stage import IngestPartition, IngestStage
 from streams.settings import Settings
-from streams.store.partition_store import PartitionStore
+from streams.store.records import chunks
 
 HORIZON = 600.0
 
@@ -59,18 +63,23 @@ def _stream(n: int, seed: int) -> list[dict[str, Any]]:
 class _Run:
     """One stage over the stream, batch by batch, with the changelog it writes."""
 
-    def __init__(self, tmp_path: Path, name: str, cache: int) -> None:
+    def __init__(self, tmp_path: Path, name: str, fingerprint_bits: int = 64) -> None:
         self.settings = Settings(
             state_dir=tmp_path / name, kafka_bootstrap_servers="127.0.0.1:1",  # unused
-            state_cache_event_ids=cache, dedup_horizon_seconds=HORIZON,
+            dedup_horizon_seconds=HORIZON,
         )
+        self.fingerprint_bits = fingerprint_bits
         self.stage = IngestStage(self.settings, report=lambda report: None)
         self.tp = TopicPartition(self.settings.events_topic, 0)
-        self.state = self.stage.new_state(0)
+        self.state = self._new_state(0)
         self.changelog: dict[bytes, tuple[int, bytes]] = {}  # compacted
         self.offsets = itertools.count()
         self.rejected: list[tuple[int, bytes]] = []  # (input offset, reason)
-        self.most_in_memory = 0
+
+    def _new_state(self, partition: int) -> IngestPartition:
+        state = self.stage.new_state(partition)
+        state.core.event_ids = EventIds(HORIZON, self.fingerprint_bits)
+        return state
 
     def batch(self, events: list[dict[str, Any]], first_offset: int) -> None:
         messages = [SimpleNamespace(key=None, value=orjson.dumps(e), offset=first_offset + i)
@@ -87,12 +96,11 @@ class _Run:
                 source = dict(headers)["dlq.source"].decode()
                 self.rejected.append((int(source.rsplit("/", 1)[1]), dict(headers)["dlq.reason"]))
         self.state.store.commit(next(self.offsets))
-        self.most_in_memory = max(self.most_in_memory, len(self.state.core.event_ids))
 
     def rebuild(self) -> None:
         """A new owner of the partition: a new store, restored from the changelog."""
         self.state.store.close()
-        rebuilt: IngestPartition = self.stage.new_state(1)
+        rebuilt = self._new_state(1)
         rebuilt.store.restore_from(0, 1)
         for key, (_, value) in sorted(self.changelog.items(), key=lambda item: item[1][0]):
             self.stage.restore_record(rebuilt, key, value)
@@ -101,77 +109,154 @@ class _Run:
         self.state = rebuilt
 
 
-def test_spilled_ids_reject_exactly_the_duplicates_that_ids_in_memory_do(
-    tmp_path: Path, monkeypatch: Any,
+def _reference_verdicts(events: list[dict[str, Any]]) -> list[tuple[int, bytes]]:
+    """Every id's latest acceptance in a dict: an event is a duplicate if its id was
+    accepted with ts within the horizon of the partition's newest ts so far."""
+    latest: dict[str, float] = {}
+    newest = -math.inf
+    rejected = []
+    for offset, event in enumerate(events):
+        seen = latest.get(event["event_id"])
+        if seen is not None and seen >= newest - HORIZON:
+            rejected.append((offset, b"duplicate_event_id"))
+            continue
+        latest[event["event_id"]] = event["ts"]
+        newest = max(newest, event["ts"])
+    return rejected
+
+
+@pytest.mark.parametrize("fingerprint_bits", [64, 5])
+def test_duplicates_are_rejected_exactly_live_and_after_a_rebuild(
+    tmp_path: Path, monkeypatch: Any, fingerprint_bits: int,
 ) -> None:
-    found_spilled = 0
-    seen = SpilledEventIds.seen
+    """With 5-bit fingerprints nearly every id collides with another: the answers must
+    not change, only how often a record is read to confirm one."""
+    confirmed = 0
+    confirm = PartitionCore._confirm
 
-    def counted(self: SpilledEventIds, event_id: str, oldest: float) -> bool:
-        nonlocal found_spilled
-        answer = seen(self, event_id, oldest)
-        found_spilled += answer
-        return answer
+    def counted(self: PartitionCore, event_id: str, ts: float, oldest: float) -> str | None:
+        nonlocal confirmed
+        confirmed += 1
+        return confirm(self, event_id, ts, oldest)
 
-    monkeypatch.setattr(SpilledEventIds, "seen", counted)
+    monkeypatch.setattr(PartitionCore, "_confirm", counted)
     events = _stream(24_000, seed=5)
-    memory, spilling = _Run(tmp_path, "memory", cache=10**9), _Run(tmp_path, "spill", cache=300)
+    run = _Run(tmp_path, "run", fingerprint_bits)
     half = len(events) // 2
     for start in range(0, len(events), 250):
         if start == half // 250 * 250:
-            spilling.rebuild()  # restored: the newest ids in memory, the others spilled
-        for run in (memory, spilling):
-            run.batch(events[start:start + 250], start)
-    duplicates = [offset for offset, reason in memory.rejected if reason == b"duplicate_event_id"]
+            run.rebuild()  # restored from the changelog: fingerprints of the records' ids
+        run.batch(events[start:start + 250], start)
+    duplicates = [offset for offset, reason in run.rejected if reason == b"duplicate_event_id"]
     assert len(duplicates) > 500
-    assert spilling.rejected == memory.rejected
-    assert found_spilled > 200  # found only among the spilled ids, beyond the cache
-    assert memory.most_in_memory > 3_000  # the horizon's ids
-    assert spilling.most_in_memory <= 300 + 250  # the cache, and the batch in flight
-    assert spilling.state.core.spilled_ids.fingerprints > 1_000  # type: ignore[union-attr]
-    memory.state.store.close()
-    spilling.state.store.close()
+    assert run.rejected == _reference_verdicts(events)
+    assert confirmed > (5_000 if fingerprint_bits < 64 else 200)  # records read back
+    assert len(run.state.core.event_ids) < 8_000  # the horizon's ids, not all 26,000
+    run.state.store.close()
 
 
-def test_a_fingerprint_match_is_confirmed_against_the_ids_in_the_store(tmp_path: Path) -> None:
-    """Two ids with one 64-bit fingerprint are told apart: the record read back holds the
-    ids themselves. Here the record holds another id than the one fingerprinted."""
-    store = PartitionStore(tmp_path / "p0")
-    spilled = SpilledEventIds(store, cache=1)
-    store.stage(b"r1", orjson.dumps([["other", 100.0]]))
-    spilled._spill(b"r1", 100.0, [("mine", 100.0)], {})  # fingerprints of "mine"
-    assert hash("mine") in spilled.bloom
-    assert not spilled.seen("mine", oldest=0.0)
-    store.stage(b"r2", orjson.dumps([["mine", 100.0]]))
-    spilled._spill(b"r2", 100.0, [("mine", 100.0)], {})
-    assert spilled.seen("mine", oldest=100.0)
-    assert not spilled.seen("mine", oldest=100.5)  # past the horizon
-    store.stage(b"r2", None)  # forgotten with its life
-    assert not spilled.seen("mine", oldest=0.0)
-    store.close()
+class _Model:
+    """The EventIds under test beside a dict of every id's latest acceptance, with the
+    store's records as a dict (a record is forgotten with its life, as the stage's)."""
+
+    def __init__(self, fingerprint_bits: int) -> None:
+        self.bits = fingerprint_bits
+        self.ids = EventIds(HORIZON, fingerprint_bits)
+        self.latest: dict[str, float] = {}
+        self.records: dict[bytes, tuple[bytes, float]] = {}  # key -> (value, newest)
+        self.newest = -math.inf
+        self.offset = 0
+
+    def admit(self, event_id: str, ts: float) -> None:
+        oldest = self.newest - HORIZON
+        seen = self.latest.get(event_id)
+        expected = seen is not None and seen >= oldest
+        verdict = self.ids.admit(event_id, ts, oldest)
+        if verdict == CONFIRM:
+            key = self.ids.record_of_id(event_id)
+            assert key is not None
+            value = self.records.get(key, (None, 0.0))[0]
+            duplicate = value is not None and ids_record_holds(value, event_id, oldest)
+            if not duplicate:
+                self.ids.accept(event_id, ts, oldest)
+        else:
+            assert verdict in (NEW, DUPLICATE)
+            duplicate = verdict == DUPLICATE
+        assert duplicate == expected, (event_id, ts, oldest, seen)
+        if not duplicate:
+            self.latest[event_id] = ts
+            self.newest = max(self.newest, ts)
+
+    def finish_batch(self) -> None:
+        self.offset += 1
+        for key, value, newest in self.ids.finish_batch(b"i:", self.offset, self.newest, 200):
+            self.records[key] = (value, newest)
+        oldest = self.newest - HORIZON
+        self.ids.expire(oldest)
+        for key in [key for key, (_, newest) in self.records.items() if newest < oldest]:
+            del self.records[key]
+
+    def restore(self) -> None:
+        self.finish_batch()
+        self.ids = EventIds(HORIZON, self.bits)
+        self.ids.restore([(key, value) for key, (value, _) in self.records.items()],
+                         self.newest - HORIZON)
 
 
-def test_the_filter_is_rebuilt_before_it_fills_and_after_records_expire(tmp_path: Path) -> None:
-    store = PartitionStore(tmp_path / "p0")
-    spilled = SpilledEventIds(store, cache=10)
-    memory: dict[str, float] = {}
-    for n in range(200):
-        ids = [(f"e-{n}-{i}", float(n)) for i in range(7)]
-        store.stage(b"r%d" % n, orjson.dumps(ids))
-        memory.update(ids)
-        spilled.recorded(b"r%d" % n, ids, float(n), memory)
-        assert len(memory) <= 10 + 7
-        assert spilled.bloom.approx_items <= 2 * max(spilled.fingerprints, 10) * 1.2
-        spilled.expire(n - 50.0)
-        for event_id in [i for i, ts in memory.items() if ts < n - 50.0]:
-            del memory[event_id]  # as the core's walk does
-    within = [f"e-{n}-{i}" for n in range(150, 198) for i in range(7)]
-    assert all(hash(event_id) in spilled.bloom for event_id in within)  # no false negative
-    assert all(spilled.seen(f"e-{n}-3", oldest=150.0) for n in range(150, 198))
-    assert not any(spilled.seen(f"e-{n}-3", oldest=150.0) for n in range(100, 150))
-    assert spilled.fingerprints == sum(len(s.fingerprints) for s in spilled.spilled) < 60 * 7
-    assert event_ids.FALSE_POSITIVE_RATE <= 0.01
-    store.close()
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("admit"), st.sampled_from([f"e{i}" for i in range(12)] + ['"q\\"']),
+              st.integers(0, 3 * int(HORIZON)).map(float)),
+    st.tuples(st.just("finish"), st.none(), st.none()),
+    st.tuples(st.just("restore"), st.none(), st.none()),
+), max_size=120)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=_OPS, fingerprint_bits=st.sampled_from([1, 3, 64]))
+def test_event_ids_answer_as_a_dict_of_every_ids_latest_acceptance(
+    ops: list[tuple[str, str | None, float | None]], fingerprint_bits: int,
+) -> None:
+    model = _Model(fingerprint_bits)
+    for op, event_id, ts in ops:
+        if op == "admit":
+            assert event_id is not None and ts is not None
+            model.admit(event_id, ts)
+        elif op == "finish":
+            model.finish_batch()
+        else:
+            model.restore()
+
+
+@settings(max_examples=200, deadline=None)
+@given(accepted=st.lists(st.tuples(
+    st.text(min_size=1, max_size=40),
+    st.floats(MIN_TS, MAX_TS, exclude_max=True, allow_nan=False),
+), max_size=60), record_bytes=st.sampled_from([40, 300, 128 * 1024]))
+def test_a_batchs_records_are_what_orjson_and_the_chunking_would_write(
+    accepted: list[tuple[str, float]], record_bytes: int,
+) -> None:
+    """Byte for byte: ``ids_record_holds`` searches a record for the id as orjson
+    writes it, and the records are cut where :func:`chunks` cuts them."""
+    ids = EventIds(HORIZON)
+    for event_id, ts in accepted:
+        ids.accept(event_id, ts, -math.inf)  # the same id twice stays twice, in order
+    written = ids.finish_batch(b"\x00ids:", 7, -math.inf, record_bytes)
+    sizes = [len(event_id) + 32 for event_id, _ in accepted]
+    expected = chunks(accepted, sizes, record_bytes)
+    assert [key for key, _, _ in written] == [b"\x00ids:7:%d" % n for n in range(len(expected))]
+    assert [value for _, value, _ in written] == [orjson.dumps(chunk) for chunk in expected]
+    assert [newest for _, _, newest in written] == [max(ts for _, ts in c) for c in expected]
+
+
+def test_a_restore_refuses_a_record_it_cannot_read() -> None:
+    ids = EventIds(HORIZON)
+    with pytest.raises(ValueError, match="not a record of event ids"):
+        ids.restore([(b"i:1:0", b'[["a", 1.0], oops]')], 0.0)
+    ids = EventIds(HORIZON)
+    ids.restore([(b"i:1:0", orjson.dumps([["a\n\u2028\"", 5], ["b", 6.5]]))], 0.0)
+    assert ids.admit("a\n\u2028\"", 7.0, 0.0) == CONFIRM  # the record holds it
+    assert ids.record_of_id("a\n\u2028\"") == b"i:1:0"
+    assert ids.admit("c", 7.0, 0.0) == NEW and len(ids) == 3
 
 
 _IDS = st.text(alphabet=st.sampled_from('ab"\\[],: é\u2028'), min_size=0, max_size=6)

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import orjson
 from aiokafka.structs import TopicPartition
+from messaging_native import EventIds
 
 from streams.ingest.changelog import (
     CONVERSATIONS_PREFIX,
@@ -21,11 +24,11 @@ from streams.ingest.changelog import (
     conversation_records,
     conversations_expiry,
     decode_conversations,
-    id_records,
 )
 from streams.ingest.conversation_table import Conversation, StoredConversations, Touched
 from streams.ingest.conversations import BatchWindows, PartitionCore
 from streams.store.partition_store import PartitionStore
+from streams.store.records import RECORD_BYTES
 from tests.unit.test_partition_store import _events
 
 
@@ -72,9 +75,13 @@ def test_a_large_batch_is_split_into_records_below_the_brokers_message_limit() -
     assert [item for _, value, _ in records for item in decode_conversations(value)] == changed
     assert len({key for key, _, _ in records}) == len(records)
     accepted = [(f"e-{i}" + odd * (i % 50 == 0), 1_000.0 + i) for i in range(50_000)]
-    ids = id_records(accepted, 9, horizon=3600.0, now=0.0)
-    assert len(ids) > 1 and max(len(value) for _, value, _, _ in ids) < 1 << 20
-    assert [newest for _, _, newest, _ in ids] == sorted(newest for _, _, newest, _ in ids)
+    event_ids = EventIds(3600.0)
+    for event_id, ts in accepted:
+        event_ids.admit(event_id, ts, -math.inf)
+    ids = event_ids.finish_batch(IDS_PREFIX, 9, 0.0, RECORD_BYTES)
+    assert len(ids) > 1 and max(len(value) for _, value, _ in ids) < 1 << 20
+    assert [newest for _, _, newest in ids] == sorted(newest for _, _, newest in ids)
+    assert [tuple(item) for _, value, _ in ids for item in orjson.loads(value)] == accepted
 
 
 def test_record_lives_yield_each_expired_record_once_in_expiry_order(tmp_path: Path) -> None:
@@ -165,20 +172,21 @@ def test_the_ingest_restores_its_state_from_the_records_it_writes(tmp_path: Path
     live = stage.new_state(0)
     batch = BatchWindows()
     events = _events(3_000, seed=21)
+    accepted: dict[str, float] = {}  # id -> ts of its latest acceptance
     for event in events:
         if live.core.admit(event) is None:
             live.core.add(event, batch)
+            accepted[event.event_id] = event.ts
     now = live.core.clock.max_ts
     live.core.conversations.stage(batch.touched)
     changed = {cid: live.core.conversation(cid) for cid in batch.touched}
     records = [(key, value) for key, value, _ in conversation_records(
         batch.touched, 2_999, live.core.conversation_ttl, live.core.inmail_ttl, now)]
-    records += [(key, value) for key, value, _, _ in id_records(
-        batch.event_ids, 2_999, live.core.dedup_horizon, now)]
+    records += [(key, value) for key, value, _ in live.core.event_ids.finish_batch(
+        IDS_PREFIX, 2_999, now, RECORD_BYTES)]
     records.append((CLOCK_KEY, b'{"max_ts": %r}' % now))
     records.append((b"legacy-1", _conversation(now - 60.0).dumps()))
     live.core.expire()
-    remembered_ids = dict(live.core.event_ids)  # those within the dedup horizon
     live.store.close()
 
     restored = stage.new_state(1)
@@ -189,9 +197,13 @@ def test_the_ingest_restores_its_state_from_the_records_it_writes(tmp_path: Path
     stage.restored(restored)
     core = restored.core
     assert core.clock.max_ts == now
+    # the ids within the dedup horizon are remembered, those past it are not
     horizon = now - core.dedup_horizon
-    assert {i: ts for i, ts in core.event_ids.items() if ts >= horizon} == remembered_ids
-    assert len(remembered_ids) > 10
+    within = {event_id for event_id, ts in accepted.items() if ts >= horizon}
+    assert 10 < len(within) < len(accepted)
+    for event in {event.event_id: event for event in events}.values():
+        again = msgspec.structs.replace(event, ts=now)
+        assert core.admit(again) == ("duplicate_event_id" if event.event_id in within else None)
     for conversation_id, conversation in changed.items():
         assert core.conversation(conversation_id) == conversation
     assert core.conversation("legacy-1") == _conversation(now - 60.0)

@@ -27,8 +27,8 @@ def test_a_round_samples_its_memory_when_asked(tmp_path: Path) -> None:
     messages = simulated_partition(3_000, 4, seed=7, rate=20_000.0, speed=60.0, members=5_000)
     samples = asyncio.run(one_round(messages, 500, tmp_path, memory_every=1_000))["memory"]
     assert [s["events"] for s in samples] == [1_000, 2_000, 3_000]
-    assert 0 < samples[0]["ids_in_memory"] < samples[-1]["ids_in_memory"] <= 3_000
-    assert all(s["ids_spilled"] == 0 for s in samples)  # far below the cache
+    assert 0 < samples[0]["event_ids"] < samples[-1]["event_ids"] <= 3_000
+    assert 0 < samples[0]["event_ids_kib"] <= samples[-1]["event_ids_kib"]
 
 
 def test_the_command_reports_its_rounds(tmp_path: Path) -> None:

@@ -1,0 +1,572 @@
+//! The ingest's compiled hot path: the event ids one events partition remembers for
+//! deduplication (`streams.ingest.event_ids` is the Python side and says why).
+//!
+//! Every event's id is looked up once and, when admitted, remembered; at the end of a
+//! batch its ids become changelog records (`[["<id>",<ts>],...]`, cut as
+//! `streams.store.records.chunks` cuts them). In Python that was about 2 µs an event,
+//! a quarter of the ingest's CPU (dict, tuples, spilling to fingerprints, the
+//! records' JSON); here it is a fraction of that, with the same answers.
+//!
+//! What is kept per id is a 64-bit fingerprint and the ts of its latest acceptance
+//! (about 50 bytes); the ids themselves are in the changelog records, which the
+//! partition's store keeps. A fingerprint that matches is confirmed against the id
+//! (in the batch still open, here; in a record, by the caller reading the store), so
+//! the answer is exact whatever collides. Ids whose fingerprint collides with another
+//! live id are kept by their string, beside the fingerprints.
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
+
+/// The fingerprints are already random: the table keyed by them hashes nothing again.
+#[derive(Default)]
+struct Passthrough(u64);
+
+impl Hasher for Passthrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type ByFingerprint = HashMap<u64, Entry, BuildHasherDefault<Passthrough>>;
+
+/// One id's latest acceptance: its ts and its place in acceptance order.
+#[derive(Clone, Copy)]
+struct Entry {
+    ts: f64,
+    seq: u64,
+}
+
+/// A changelog record of a batch's ids: acceptances `first_seq..` up to the next
+/// record's. `key` is None when it was not written (all its ids already past the
+/// horizon).
+struct Record {
+    first_seq: u64,
+    key: Option<Vec<u8>>,
+    newest: f64,
+    fingerprints: Vec<u64>,
+}
+
+/// One accepted id of the open batch: its bytes are `batch_text[start..start + len]`.
+struct Accepted {
+    start: usize,
+    len: usize,
+    ts: f64,
+    fingerprint: u64,
+}
+
+/// A keyed 64-bit hash of the id (folded multiplications, as foldhash and wyhash do):
+/// a few nanoseconds where SipHash took tens, and keyed per process like it.
+fn fingerprint(bytes: &[u8], seeds: [u64; 2]) -> u64 {
+    const MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
+    let fold = |a: u64, b: u64| {
+        let product = u128::from(a) * u128::from(b);
+        (product as u64) ^ ((product >> 64) as u64)
+    };
+    let mut hash = seeds[0] ^ (bytes.len() as u64).wrapping_mul(MULTIPLIER);
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        hash = fold(hash ^ word, seeds[1] ^ MULTIPLIER);
+    }
+    let tail = words.remainder();
+    if !tail.is_empty() {
+        let mut last = [0u8; 8];
+        last[..tail.len()].copy_from_slice(tail);
+        hash = fold(hash ^ u64::from_le_bytes(last), seeds[1] ^ MULTIPLIER);
+    }
+    fold(hash, seeds[0] | 1)
+}
+
+/// Random keys from the standard library's per-process random state.
+fn random_seeds() -> [u64; 2] {
+    let state = std::collections::hash_map::RandomState::new();
+    let mut first = state.build_hasher();
+    first.write_u64(1);
+    let mut second = state.build_hasher();
+    second.write_u64(2);
+    [first.finish(), second.finish()]
+}
+
+/// `admit`'s verdicts.
+const NEW: u8 = 0;
+const DUPLICATE: u8 = 1;
+const CONFIRM: u8 = 2; // a record may hold it: read it and ask `ids_record_holds`
+
+#[pyclass(module = "messaging_native")]
+pub struct EventIds {
+    horizon: f64,
+    seeds: [u64; 2], // the fingerprints' keys, random per process: never stored
+    mask: u64,       // all 64 bits, but for tests that make fingerprints collide
+    by_fingerprint: ByFingerprint,
+    collided: HashMap<String, Entry>,
+    batch: Vec<Accepted>,      // the open batch's ids, in acceptance order
+    batch_text: Vec<u8>,       // and their bytes, one after the other
+    batch_seq: u64,            // the acceptance number of batch[0]
+    records: VecDeque<Record>, // oldest first
+    next_seq: u64,
+}
+
+impl EventIds {
+    fn fingerprint(&self, event_id: &str) -> u64 {
+        fingerprint(event_id.as_bytes(), self.seeds) & self.mask
+    }
+
+    fn batch_id(&self, accepted: &Accepted) -> &str {
+        let bytes = &self.batch_text[accepted.start..accepted.start + accepted.len];
+        std::str::from_utf8(bytes).expect("stored from a str")
+    }
+
+    fn push_batch(&mut self, event_id: &str, ts: f64, fingerprint: u64) {
+        let start = self.batch_text.len();
+        self.batch_text.extend_from_slice(event_id.as_bytes());
+        self.batch.push(Accepted {
+            start,
+            len: event_id.len(),
+            ts,
+            fingerprint,
+        });
+    }
+
+    fn record_of(&self, seq: u64) -> Option<&Record> {
+        let after = self.records.partition_point(|r| r.first_seq <= seq);
+        if after == 0 {
+            None
+        } else {
+            self.records.get(after - 1)
+        }
+    }
+
+    /// Remember an acceptance: by fingerprint, unless a live entry of another id holds
+    /// it (`same_id`: whether that entry is this id, when the caller can tell).
+    fn remember(
+        &mut self,
+        event_id: &str,
+        fingerprint: u64,
+        ts: f64,
+        oldest: f64,
+        same_id: bool,
+    ) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let entry = Entry { ts, seq };
+        if !self.collided.is_empty() {
+            if let Some(known) = self.collided.get_mut(event_id) {
+                *known = entry;
+                return seq;
+            }
+        }
+        match self.by_fingerprint.get_mut(&fingerprint) {
+            Some(live) if live.ts >= oldest && !same_id => {
+                self.collided.insert(event_id.to_owned(), entry);
+            }
+            Some(known) => *known = entry,
+            None => {
+                self.by_fingerprint.insert(fingerprint, entry);
+            }
+        }
+        seq
+    }
+
+    fn verdict(&self, event_id: &str, fingerprint: u64, oldest: f64) -> u8 {
+        if !self.collided.is_empty() {
+            if let Some(known) = self.collided.get(event_id) {
+                return if known.ts >= oldest { DUPLICATE } else { NEW };
+            }
+        }
+        match self.by_fingerprint.get(&fingerprint) {
+            Some(entry) if entry.ts >= oldest => {
+                if entry.seq >= self.batch_seq {
+                    let accepted = &self.batch[(entry.seq - self.batch_seq) as usize];
+                    if self.batch_id(accepted) == event_id {
+                        DUPLICATE
+                    } else {
+                        NEW
+                    }
+                } else if self.record_of(entry.seq).map_or(false, |r| r.key.is_some()) {
+                    CONFIRM
+                } else {
+                    NEW
+                }
+            }
+            _ => NEW,
+        }
+    }
+}
+
+/// The id as orjson writes a JSON string (`ids_record_holds` searches for these bytes).
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    for &byte in text.as_bytes() {
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            0x00..=0x1f => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[(byte >> 4) as usize]);
+                out.push(HEX[(byte & 15) as usize]);
+            }
+            _ => out.push(byte),
+        }
+    }
+    out.push(b'"');
+}
+
+/// `streams.store.records.chunks`: runs of at most `limit` by size, halved until each fits.
+fn chunks(sizes: &[usize], start: usize, end: usize, limit: usize, out: &mut Vec<(usize, usize)>) {
+    if end - start == 1 || sizes[start..end].iter().sum::<usize>() <= limit {
+        out.push((start, end));
+        return;
+    }
+    let half = start + (end - start) / 2;
+    chunks(sizes, start, half, limit, out);
+    chunks(sizes, half, end, limit, out);
+}
+
+#[pymethods]
+impl EventIds {
+    /// `fingerprint_bits` below 64 only for tests: fingerprints that collide often.
+    #[new]
+    #[pyo3(signature = (horizon, fingerprint_bits = 64))]
+    fn new(horizon: f64, fingerprint_bits: u32) -> Self {
+        EventIds {
+            horizon,
+            seeds: random_seeds(),
+            mask: if fingerprint_bits >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << fingerprint_bits) - 1
+            },
+            by_fingerprint: ByFingerprint::default(),
+            collided: HashMap::new(),
+            batch: Vec::new(),
+            batch_text: Vec::new(),
+            batch_seq: 0,
+            records: VecDeque::new(),
+            next_seq: 0,
+        }
+    }
+
+    /// Whether an earlier copy of `event_id` was accepted with ts `oldest` or later: 0
+    /// (no: this one is accepted and remembered with `ts`), 1 (yes), or 2 (perhaps:
+    /// :meth:`record_of` names the record to confirm it in; then :meth:`accept` if not).
+    fn admit(&mut self, event_id: &str, ts: f64, oldest: f64) -> u8 {
+        let fingerprint = self.fingerprint(event_id);
+        let verdict = self.verdict(event_id, fingerprint, oldest);
+        if verdict == NEW {
+            self.remember(event_id, fingerprint, ts, oldest, false);
+            self.push_batch(event_id, ts, fingerprint);
+        }
+        verdict
+    }
+
+    /// Remember an accepted id (after :meth:`admit` said 2 and the record did not hold it).
+    fn accept(&mut self, event_id: &str, ts: f64, oldest: f64) {
+        let fingerprint = self.fingerprint(event_id);
+        self.remember(event_id, fingerprint, ts, oldest, false);
+        self.push_batch(event_id, ts, fingerprint);
+    }
+
+    /// The key of the record that may hold `event_id` (after :meth:`admit` said 2).
+    fn record_of_id<'py>(&self, py: Python<'py>, event_id: &str) -> Option<Bound<'py, PyBytes>> {
+        let entry = self.by_fingerprint.get(&self.fingerprint(event_id))?;
+        let key = self.record_of(entry.seq)?.key.as_ref()?;
+        Some(PyBytes::new(py, key))
+    }
+
+    /// Close the batch: its ids as changelog records ``(key, value, newest)``, keyed
+    /// ``prefix + b"<last_offset>:<n>"``, each at most `record_bytes` by the ids' sizes
+    /// (``len(id) + 32``); none all of whose ids are past the horizon at `now`.
+    fn finish_batch<'py>(
+        &mut self,
+        py: Python<'py>,
+        prefix: &[u8],
+        last_offset: i64,
+        now: f64,
+        record_bytes: usize,
+    ) -> Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, f64)> {
+        let mut written = Vec::new();
+        if self.batch.is_empty() {
+            return written;
+        }
+        let sizes: Vec<usize> = self
+            .batch
+            .iter()
+            .map(|accepted| {
+                let id = self.batch_id(accepted);
+                (if id.is_ascii() {
+                    id.len()
+                } else {
+                    id.chars().count()
+                }) + 32
+            })
+            .collect();
+        let mut cuts = Vec::new();
+        chunks(&sizes, 0, sizes.len(), record_bytes, &mut cuts);
+        for (n, (start, end)) in cuts.into_iter().enumerate() {
+            let ids = &self.batch[start..end];
+            let newest = ids.iter().map(|a| a.ts).fold(f64::NEG_INFINITY, f64::max);
+            let mut key = None;
+            if newest + self.horizon >= now {
+                let mut value = Vec::with_capacity(sizes[start..end].iter().sum());
+                value.push(b'[');
+                let mut floats = ryu::Buffer::new();
+                for (i, accepted) in ids.iter().enumerate() {
+                    if i > 0 {
+                        value.push(b',');
+                    }
+                    value.push(b'[');
+                    push_json_string(&mut value, self.batch_id(accepted));
+                    value.push(b',');
+                    value.extend_from_slice(floats.format_finite(accepted.ts).as_bytes());
+                    value.push(b']');
+                }
+                value.push(b']');
+                let mut name = prefix.to_vec();
+                name.extend_from_slice(format!("{}:{}", last_offset, n).as_bytes());
+                written.push((PyBytes::new(py, &name), PyBytes::new(py, &value), newest));
+                key = Some(name);
+            }
+            self.records.push_back(Record {
+                first_seq: self.batch_seq + start as u64,
+                key,
+                newest,
+                fingerprints: ids.iter().map(|a| a.fingerprint).collect(),
+            });
+        }
+        self.batch.clear();
+        self.batch_text.clear();
+        self.batch_seq = self.next_seq;
+        written
+    }
+
+    /// Forget the records all of whose ids are older than `oldest`, and their ids.
+    fn expire(&mut self, oldest: f64) {
+        while self.records.front().map_or(false, |r| r.newest < oldest) {
+            let record = self.records.pop_front().expect("front");
+            let end = self.records.front().map_or(self.batch_seq, |r| r.first_seq);
+            for fingerprint in record.fingerprints {
+                if let Some(entry) = self.by_fingerprint.get(&fingerprint) {
+                    if entry.seq >= record.first_seq && entry.seq < end {
+                        self.by_fingerprint.remove(&fingerprint);
+                    }
+                }
+            }
+        }
+        if !self.collided.is_empty() {
+            self.collided.retain(|_, entry| entry.ts >= oldest);
+        }
+    }
+
+    /// After a restore: the store's records of ids ``(key, value)``, in any order;
+    /// `oldest` is the restored clock's horizon.
+    fn restore(&mut self, records: Vec<(Vec<u8>, Vec<u8>)>, oldest: f64) -> PyResult<()> {
+        if !self.batch.is_empty() || !self.records.is_empty() {
+            return Err(PyValueError::new_err(
+                "restore into ids that hold some already",
+            ));
+        }
+        let mut parsed = Vec::with_capacity(records.len());
+        for (key, value) in records {
+            let ids = std::str::from_utf8(&value)
+                .ok()
+                .and_then(parse_ids)
+                .ok_or_else(|| {
+                    PyValueError::new_err(format!(
+                        "not a record of event ids: {}",
+                        String::from_utf8_lossy(&value[..value.len().min(80)])
+                    ))
+                })?;
+            if ids.is_empty() {
+                continue;
+            }
+            let newest = ids
+                .iter()
+                .map(|(_, ts)| *ts)
+                .fold(f64::NEG_INFINITY, f64::max);
+            parsed.push((newest, key, ids));
+        }
+        parsed.sort_by(|a, b| a.0.total_cmp(&b.0)); // stable: ties keep the store's order
+                                                    // which id each fingerprint's entry is, while the strings are at hand
+        let mut whose: HashMap<u64, (usize, usize), BuildHasherDefault<Passthrough>> =
+            HashMap::default();
+        for (r, (newest, key, ids)) in parsed.iter().enumerate() {
+            let first_seq = self.next_seq;
+            let mut fingerprints = Vec::with_capacity(ids.len());
+            for (i, (id, ts)) in ids.iter().enumerate() {
+                let fingerprint = self.fingerprint(id);
+                let same = whose
+                    .get(&fingerprint)
+                    .map_or(false, |&(pr, pi)| parsed[pr].2[pi].0 == *id);
+                let seq = self.remember(id, fingerprint, *ts, oldest, same);
+                if self
+                    .by_fingerprint
+                    .get(&fingerprint)
+                    .map_or(false, |e| e.seq == seq)
+                {
+                    whose.insert(fingerprint, (r, i));
+                }
+                fingerprints.push(fingerprint);
+            }
+            self.records.push_back(Record {
+                first_seq,
+                key: Some(key.clone()),
+                newest: *newest,
+                fingerprints,
+            });
+        }
+        self.batch_seq = self.next_seq;
+        Ok(())
+    }
+
+    /// How many ids are remembered (those of the open batch included).
+    fn __len__(&self) -> usize {
+        self.by_fingerprint.len() + self.collided.len()
+    }
+
+    /// About how many bytes the remembered ids take.
+    fn memory_bytes(&self) -> usize {
+        let table = self.by_fingerprint.capacity() * (8 + std::mem::size_of::<Entry>() + 1);
+        let records: usize = self
+            .records
+            .iter()
+            .map(|r| r.fingerprints.capacity() * 8 + 64)
+            .sum();
+        let batch =
+            self.batch.capacity() * std::mem::size_of::<Accepted>() + self.batch_text.capacity();
+        let collided: usize = self.collided.keys().map(|id| id.capacity() + 64).sum();
+        table + records + batch + collided
+    }
+}
+
+/// `[["<id>",<ts>],...]` as `finish_batch` (and orjson) writes it.
+fn parse_ids(text: &str) -> Option<Vec<(String, f64)>> {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    let skip_ws = |at: &mut usize| {
+        while *at < bytes.len() && (bytes[*at] as char).is_ascii_whitespace() {
+            *at += 1;
+        }
+    };
+    let expect = |at: &mut usize, byte: u8| -> Option<()> {
+        skip_ws(at);
+        if *at < bytes.len() && bytes[*at] == byte {
+            *at += 1;
+            Some(())
+        } else {
+            None
+        }
+    };
+    let mut out = Vec::new();
+    expect(&mut at, b'[')?;
+    skip_ws(&mut at);
+    if at < bytes.len() && bytes[at] == b']' {
+        return Some(out);
+    }
+    loop {
+        expect(&mut at, b'[')?;
+        skip_ws(&mut at);
+        let id = parse_string(bytes, &mut at)?;
+        expect(&mut at, b',')?;
+        skip_ws(&mut at);
+        let start = at;
+        while at < bytes.len()
+            && matches!(bytes[at], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+        {
+            at += 1;
+        }
+        let ts: f64 = text[start..at].parse().ok()?;
+        expect(&mut at, b']')?;
+        out.push((id, ts));
+        skip_ws(&mut at);
+        match bytes.get(at)? {
+            b',' => at += 1,
+            b']' => {
+                at += 1;
+                skip_ws(&mut at);
+                return if at == bytes.len() { Some(out) } else { None };
+            }
+            _ => return None,
+        }
+    }
+}
+
+fn parse_string(bytes: &[u8], at: &mut usize) -> Option<String> {
+    if bytes.get(*at)? != &b'"' {
+        return None;
+    }
+    *at += 1;
+    let mut out: Vec<u8> = Vec::new();
+    loop {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        match byte {
+            b'"' => return String::from_utf8(out).ok(),
+            b'\\' => {
+                let escaped = *bytes.get(*at)?;
+                *at += 1;
+                match escaped {
+                    b'"' => out.push(b'"'),
+                    b'\\' => out.push(b'\\'),
+                    b'/' => out.push(b'/'),
+                    b'b' => out.push(0x08),
+                    b'f' => out.push(0x0c),
+                    b'n' => out.push(b'\n'),
+                    b'r' => out.push(b'\r'),
+                    b't' => out.push(b'\t'),
+                    b'u' => {
+                        let mut unit = hex4(bytes, at)?;
+                        if (0xd800..0xdc00).contains(&unit) {
+                            // a surrogate pair: \uD83D\uDE00
+                            if bytes.get(*at)? != &b'\\' || bytes.get(*at + 1)? != &b'u' {
+                                return None;
+                            }
+                            *at += 2;
+                            let low = hex4(bytes, at)?;
+                            if !(0xdc00..0xe000).contains(&low) {
+                                return None;
+                            }
+                            unit = 0x10000 + ((unit - 0xd800) << 10) + (low - 0xdc00);
+                        }
+                        let ch = char::from_u32(unit)?;
+                        let mut buffer = [0u8; 4];
+                        out.extend_from_slice(ch.encode_utf8(&mut buffer).as_bytes());
+                    }
+                    _ => return None,
+                }
+            }
+            _ => out.push(byte),
+        }
+    }
+}
+
+fn hex4(bytes: &[u8], at: &mut usize) -> Option<u32> {
+    let digits = std::str::from_utf8(bytes.get(*at..*at + 4)?).ok()?;
+    *at += 4;
+    u32::from_str_radix(digits, 16).ok()
+}
+
+#[pymodule]
+fn messaging_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<EventIds>()?;
+    module.add("NEW", NEW)?;
+    module.add("DUPLICATE", DUPLICATE)?;
+    module.add("CONFIRM", CONFIRM)?;
+    Ok(())
+}

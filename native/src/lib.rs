@@ -1,5 +1,6 @@
 //! The ingest's compiled hot path: the event ids one events partition remembers for
-//! deduplication (`streams.ingest.event_ids` is the Python side and says why).
+//! deduplication (`PartitionCore.admit` in `streams/ingest/conversations.py` asks, and
+//! reads a record back from the store when a match needs confirming).
 //!
 //! Every event's id is looked up once and, when admitted, remembered; at the end of a
 //! batch its ids become changelog records (`[["<id>",<ts>],...]`, cut as

@@ -12,6 +12,12 @@ got an answer within 1 h, 24 h and 7 d. An InMail's
 first response (a reply, or an answer: "Yes, interested" / "No thanks") counts in the
 cohort of its send day, by the sender's type; InMail conversations are remembered for
 the InMail response horizon (30 days, LinkedIn's definition), longer than others.
+
+Event ids: an event whose id was accepted within the dedup horizon is a duplicate. The
+ids live in ``messaging_native.EventIds`` (Rust, ``native/src/lib.rs``): a fingerprint
+and a ts per id in memory, the ids themselves in the batches' changelog records, which
+the stage keeps in its store; a fingerprint's match in an earlier batch is confirmed
+by reading its record back (:meth:`PartitionCore._confirm`).
 """
 
 from __future__ import annotations

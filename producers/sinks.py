@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol, Self
 
 import orjson
 
-from streams.kafka.io import BatchWriter, KeyPartitions
+from streams.kafka.io import BatchWriter, partition_for
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaProducer
@@ -107,7 +107,7 @@ class KafkaSink(_ClosingContext):
         self._started = False
         self._closed = False
         # the topic's partitions, learnt at start(); a conversation's events share a key
-        self._key_partitions: KeyPartitions | None = None
+        self._partitions = 0
         self._round_robin = 0
 
     async def start(self) -> None:
@@ -130,7 +130,7 @@ class KafkaSink(_ClosingContext):
             self._closed = True
             await self._producer.stop()
             raise
-        self._key_partitions = KeyPartitions(len(partitions), limit=200_000)
+        self._partitions = len(partitions)
         self._writer = BatchWriter(self._producer)
         self._started = True
 
@@ -146,16 +146,14 @@ class KafkaSink(_ClosingContext):
         if self._closed:
             raise RuntimeError("sink is closed")
         await self.start()
-        assert self._writer is not None and self._key_partitions is not None
-        add, topic = self._writer.add, self.topic
-        key_partition = self._key_partitions
-        n = key_partition.partitions
+        assert self._writer is not None and self._partitions > 0
+        add, topic, n = self._writer.add, self.topic, self._partitions
         for key, value in records:
             if key is None:
                 partition = self._round_robin % n
                 self._round_robin += 1
             else:
-                partition = key_partition(key)
+                partition = partition_for(key, n)
             await add(topic, partition, key, value)
             self.events_sent += 1
         await self._writer.ship_older_than(self._linger)

@@ -1,5 +1,5 @@
-//! The ingest's compiled hot path: the event ids one events partition remembers for
-//! deduplication (`PartitionCore.admit` in `streams/ingest/conversations.py` asks, and
+//! The ingest's compiled hot path. Kafka's keyed partitioner (murmur2), and the event
+//! ids one events partition remembers for deduplication (`PartitionCore.admit` in `streams/ingest/conversations.py` asks, and
 //! reads a record back from the store when a match needs confirming).
 //!
 //! Every event's id is looked up once and, when admitted, remembered; at the end of a
@@ -15,9 +15,9 @@
 //! the answer is exact whatever collides. Ids whose fingerprint collides with another
 //! live id are kept by their string, beside the fingerprints.
 
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyString};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
@@ -563,9 +563,57 @@ fn hex4(bytes: &[u8], at: &mut usize) -> Option<u32> {
     u32::from_str_radix(digits, 16).ok()
 }
 
+/// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`): the default
+/// partitioner's hash of a key's bytes, as the Java client and aiokafka compute it.
+#[pyfunction]
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    let mut h: u32 = 0x9747_b28c ^ (data.len() as u32);
+    let mut words = data.chunks_exact(4);
+    for word in &mut words {
+        let mut k = u32::from_le_bytes(word.try_into().expect("4 bytes"));
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let tail = words.remainder();
+    if tail.len() >= 3 {
+        h ^= u32::from(tail[2]) << 16;
+    }
+    if tail.len() >= 2 {
+        h ^= u32::from(tail[1]) << 8;
+    }
+    if !tail.is_empty() {
+        h = (h ^ u32::from(tail[0])).wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
+/// The default keyed partitioner of the Java client and aiokafka: the partition of
+/// `key` (bytes, or text: its UTF-8 bytes, not encoded in Python) among `partitions`.
+#[pyfunction]
+fn partition_for(key: &Bound<'_, PyAny>, partitions: u32) -> PyResult<u32> {
+    if partitions == 0 {
+        return Err(PyValueError::new_err("no partitions to choose from"));
+    }
+    let hash = if let Ok(bytes) = key.downcast::<PyBytes>() {
+        murmur2(bytes.as_bytes())
+    } else if let Ok(text) = key.downcast::<PyString>() {
+        murmur2(text.to_str()?.as_bytes())
+    } else {
+        return Err(PyTypeError::new_err("a key is bytes or str"));
+    };
+    Ok((hash & 0x7fff_ffff) % partitions)
+}
+
 #[pymodule]
 fn messaging_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<EventIds>()?;
+    module.add_function(wrap_pyfunction!(murmur2, module)?)?;
+    module.add_function(wrap_pyfunction!(partition_for, module)?)?;
     module.add("NEW", NEW)?;
     module.add("DUPLICATE", DUPLICATE)?;
     module.add("CONFIRM", CONFIRM)?;

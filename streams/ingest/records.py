@@ -6,22 +6,15 @@ owners and the risk owners exactly the same records.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from streams import distinct
 from streams.ingest.conversations import BatchWindows
-from streams.kafka.io import KeyPartitions, partition_for
+from streams.kafka.io import partition_for
 from streams.partials import GLOBAL_SEGMENT, Partial, encode, split_by_segment
 from streams.windows import PartitionClock, finite_or_none
 
 Record = dict[str, Any]
-
-
-@functools.cache
-def _sender_partitions(activity_partitions: int) -> KeyPartitions:
-    """One memo per partition count (one in practice): senders recur batch after batch."""
-    return KeyPartitions(activity_partitions)
 
 
 def partial_records(
@@ -69,12 +62,11 @@ def activity_records(
 ) -> list[tuple[int, Record]]:
     """Per-sender activity, one record per activity partition: repartitioned by sender.
     Recruiters' InMail responses travel with it, by the window they came in."""
-    partition_of = _sender_partitions(activity_partitions)
     targets: dict[int, dict[str, dict[str, list[int]]]] = {}
     for start, senders in batch.activity.items():
         window = str(start)
         for sender, counts in senders.items():
-            partition = partition_of(sender)
+            partition = partition_for(sender, activity_partitions)
             target = targets.get(partition)
             if target is None:
                 target = targets[partition] = {}
@@ -89,7 +81,7 @@ def activity_records(
     }
     for start, senders in batch.inmail_responses.items():
         for sender, buckets in senders.items():
-            partition = partition_of(sender)
+            partition = partition_for(sender, activity_partitions)
             record = records.setdefault(partition, {
                 "kind": "activity", "source": source, "offset": last_offset, "windows": {},
             })

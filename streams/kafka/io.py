@@ -4,8 +4,8 @@
 - :class:`BatchWriter`: aiokafka's batch API (``create_batch``/``send_batch``) with one
   open batch per topic-partition: far fewer Python calls per record than ``send()``.
   It works inside a transaction, because ``send_batch`` adds the partition to it.
-- :func:`partition_for`: the default keyed partitioner (murmur2, as Java's), and
-  :class:`KeyPartitions`, the same remembered per key.
+- :func:`partition_for`: the default keyed partitioner (murmur2, as Java's), compiled
+  (``native/src/lib.rs``): about 0.1 µs a key where murmur2 in Python took 1.
 - :func:`close_client`: stop a client within a bound, whatever state the broker is in;
   :func:`being_cancelled` tells a cancellation of ours from one aiokafka lets out.
 """
@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, TopicAuthorizationFailedError, for_code
 from aiokafka.structs import TopicPartition
+from messaging_native import murmur2, partition_for  # noqa: F401 (compiled; re-exported)
 
 from streams.kafka.access import KafkaAccessError, leader_topic
 from streams.settings import Settings
@@ -37,43 +36,6 @@ STATE_RECORD_MAX_BYTES = 32 * 1024 * 1024
 CLOSE_TIMEOUT_SECONDS = 5.0  # a client's stop() waits for the broker at most this long
 
 log = logging.getLogger(__name__)
-
-
-_M, _MASK = 0x5BD1E995, 0xFFFFFFFF
-_UNPACKERS: dict[int, Callable[[bytes], tuple[int, ...]]] = {}
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``), unsigned.
-
-    Same result as ``aiokafka.partitioner.murmur2``, about twice as fast.
-    """
-    length = len(data)
-    h = 0x9747B28C ^ length
-    words = length >> 2
-    unpack = _UNPACKERS.get(words)
-    if unpack is None:
-        unpack = _UNPACKERS[words] = struct.Struct(f"<{words}I").unpack_from
-    for k in unpack(data):
-        k = (k * _M) & _MASK
-        k = ((k ^ (k >> 24)) * _M) & _MASK
-        h = ((h * _M) & _MASK) ^ k
-    extra = length & 3
-    if extra:
-        tail = length - extra
-        if extra == 3:
-            h ^= data[tail + 2] << 16
-        if extra >= 2:
-            h ^= data[tail + 1] << 8
-        h = ((h ^ data[tail]) * _M) & _MASK
-    h ^= h >> 13
-    h = (h * _M) & _MASK
-    return h ^ (h >> 15)
-
-
-def partition_for(key: bytes, partitions: int) -> int:
-    """The default keyed partitioner of the Java client and aiokafka."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,26 +62,6 @@ def fetched_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> FetchedEnd | 
     if end is None or end < 0 or at is None:
         return None
     return FetchedEnd(state.position, end, at / 1000)
-
-
-class KeyPartitions:
-    """:func:`partition_for` of one partition count, remembered per key: keys repeat
-    (a sender, a conversation), and murmur2 in Python costs ~1 µs a key. Bounded: the
-    memory is dropped whole when it reaches ``limit`` keys."""
-
-    def __init__(self, partitions: int, limit: int = 500_000) -> None:
-        self.partitions = partitions
-        self.limit = limit
-        self._known: dict[bytes | str, int] = {}
-
-    def __call__(self, key: bytes | str) -> int:
-        partition = self._known.get(key, -1)
-        if partition < 0:
-            if len(self._known) >= self.limit:
-                self._known.clear()
-            raw = key.encode() if isinstance(key, str) else key
-            partition = self._known[key] = partition_for(raw, self.partitions)
-        return partition
 
 
 def being_cancelled() -> bool:

@@ -62,6 +62,12 @@ def test_partition_matches_the_default_partitioner() -> None:
         partitions = list(range(n))
         for key in keys:
             assert partition_for(key, len(partitions)) == partitioner(key, partitions, partitions)
+            if key != b"\xff" * 9:  # text: its UTF-8 bytes' partition
+                assert partition_for(key.decode(), n) == partition_for(key, n)
+    with pytest.raises(TypeError):
+        partition_for(42, 4)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no partitions"):
+        partition_for(b"a", 0)
 
 
 class FakeProducer:

@@ -84,6 +84,10 @@ def show(result: dict[str, Any], console: Console) -> None:
         for stage, parts in sorted(store.items()):
             console.print(f"  {stage} state before the kill: " + ", ".join(
                 f"{part} {size / MIB:.1f} MiB" for part, size in parts.items()))
+        ids = restart.get("event_ids_before_kill")
+        if ids:
+            console.print(f"  event ids before the kill: {ids['ids']:,} within the dedup "
+                          f"horizon, {ids['bytes'] / MIB:.1f} MiB")
     fresh = result.get("freshness")
     if fresh:
         if fresh.get("status") == "failed":

@@ -761,8 +761,12 @@ def run_restart(ctx: Context, topic: str, preloaded: dict[str, Any]) -> dict[str
         time.sleep(1.0)
     rss = settled[-1]
     store = state_store(first)
+    ids = first.scrape("messaging_event_ids", "messaging_event_ids_memory_bytes")
+    event_ids = {"ids": int(_metric_sum(ids, "messaging_event_ids")),
+                 "bytes": int(_metric_sum(ids, "messaging_event_ids_memory_bytes"))}
     console.log(f"restart: idle RSS {rss / 2**20:.0f} MiB ({_mib_by_process(before_kill)}); "
-                f"RocksDB in memory {_store_memory_mib(store)}; kill -9")
+                f"RocksDB in memory {_store_memory_mib(store)}; event ids {event_ids['ids']:,} "
+                f"({event_ids['bytes'] / 2**20:.0f} MiB); kill -9")
     first.kill()
     ctx.processes.stop(first)
     if args.restart_new_disk:
@@ -817,6 +821,7 @@ def run_restart(ctx: Context, topic: str, preloaded: dict[str, Any]) -> dict[str
         "first_run_seconds": round(took, 2), "rss_before_kill_bytes": rss,
         "rss_at_done_bytes": rss_done, "rss_at_done_by_process": at_done,
         "rss_settling_bytes": settled, "state_store_before_kill_bytes": store,
+        "event_ids_before_kill": event_ids,
         "new_events": new_events, "new_disk": args.restart_new_disk,
         "restart_seconds": round(restart_seconds, 2),
         "metrics_up_seconds": round((answered or began) - began, 2),

@@ -29,6 +29,8 @@ class BatchReport:
     late: int = 0
     # its partitions' local state (RocksDB), by part (streams.store.partition_store.USAGE_PARTS)
     store: dict[str, int] = field(default_factory=dict)
+    event_ids: int = 0  # its partitions' event ids within the dedup horizon
+    event_ids_bytes: int = 0  # what they take in memory
 
 
 class PipelineMetrics:
@@ -92,6 +94,19 @@ class PipelineMetrics:
             self.state_store_bytes.labels("ingest", part).set_function(
                 lambda part=part: sum(store.get(part, 0) for store in self._stores.values())
             )
+        self._event_ids: dict[str, tuple[int, int]] = {}  # ingest source -> (ids, bytes)
+        Gauge(
+            "messaging_event_ids",
+            "Event ids remembered within the dedup horizon, of the events partitions this "
+            "worker owns (duplicates of them are rejected).",
+            registry=registry,
+        ).set_function(lambda: sum(ids for ids, _ in self._event_ids.values()))
+        Gauge(
+            "messaging_event_ids_memory_bytes",
+            "What the remembered event ids take in memory (a fingerprint and a ts each; the "
+            "ids themselves are in the local state).",
+            registry=registry,
+        ).set_function(lambda: sum(size for _, size in self._event_ids.values()))
         self._outages: dict[tuple[str, str], float] = {}  # (stage, source) -> since
         for stage in STAGES:
             self.kafka_outages.labels(stage)
@@ -140,5 +155,6 @@ class PipelineMetrics:
         self._lag[report.source] = report.lag
         self._owned[report.source] = report.owned
         self._stores[report.source] = report.store
+        self._event_ids[report.source] = (report.event_ids, report.event_ids_bytes)
         self.consumer_lag.set(sum(self._lag.values()))
         self.owned_partitions.labels("ingest").set(sum(self._owned.values()))

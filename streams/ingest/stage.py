@@ -376,10 +376,13 @@ class IngestStage(TransactionalStage[IngestPartition]):
             highwater = self.consumer.highwater(TopicPartition(self.input_topic, partition))
             if highwater is not None:
                 lag += max(0, highwater - next_offset)
+        owned = self.partitions.values()
         self.report(BatchReport(
             self.report_source, events, seconds, lag, len(self.partitions),
             tally.processed, tally.invalid, tally.late,
-            total_usage(state.store for state in self.partitions.values()),
+            total_usage(state.store for state in owned),
+            sum(len(state.core.event_ids) for state in owned),
+            sum(state.core.event_ids.memory_bytes() for state in owned),
         ))
 
 

@@ -73,4 +73,6 @@ def test_bench_restart_measures_a_kill_and_a_restart(kafka_bootstrap: str, tmp_p
     store = restart["state_store_before_kill_bytes"]
     assert set(store) == {"ingest", "risk"}
     assert store["risk"]["memtables"] > 0, store
+    ids = restart["event_ids_before_kill"]  # as of the children's last batch, too
+    assert set(ids) == {"ids", "bytes"} and ids["bytes"] >= 16 * ids["ids"], ids
     assert "restart after kill -9" in completed.stdout

@@ -116,6 +116,12 @@ def test_windows_and_gauges_equal_an_independent_recount(
                  for (name, labels), value in whole.items() if name == "messaging_state_store_bytes"}
         assert set(store) == {(stage, part) for stage in ("ingest", "risk") for part in USAGE_PARTS}
         assert store["ingest", "memtables"] > 100_000, store
+        # the event ids within the dedup horizon: at most every accepted event's
+        accepted = sum(value for (name, _), value in whole.items()
+                       if name in ("messaging_events_processed_total", "messaging_late_events_total"))
+        ids = whole["messaging_event_ids", frozenset()]
+        assert 0 < ids <= accepted, (ids, accepted)
+        assert whole["messaging_event_ids_memory_bytes", frozenset()] >= 16 * ids
         only = worker.scrape("messaging_events_processed_total")  # ?name[]=: that family
         assert {name for name, _ in only} == {"messaging_events_processed_total"}
         assert only == {k: v for k, v in whole.items() if k in only}

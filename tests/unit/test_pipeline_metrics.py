@@ -19,12 +19,15 @@ def test_counters_add_and_gauges_sum_the_latest_report_of_each_ingest() -> None:
     metrics = PipelineMetrics(registry)
     metrics.record_batch(BatchReport("0", 10, 0.1, lag=500, owned=2,
                                      processed={"message_sent": 9}, invalid={"wrong_type": 1},
-                                     store={"memtables": 4_000, "sst_files": 9_000}))
+                                     store={"memtables": 4_000, "sst_files": 9_000},
+                                     event_ids=900, event_ids_bytes=45_000))
     metrics.record_batch(BatchReport("1", 5, 0.1, lag=70, owned=2,
                                      processed={"message_sent": 4, "message_read": 1}, late=2,
-                                     store={"memtables": 1_000, "sst_files": 500}))
+                                     store={"memtables": 1_000, "sst_files": 500},
+                                     event_ids=40, event_ids_bytes=2_000))
     metrics.record_batch(BatchReport("0", 0, 0.2, lag=300, owned=1,  # an empty poll
-                                     store={"memtables": 3_000, "sst_files": 8_000}))
+                                     store={"memtables": 3_000, "sst_files": 8_000},
+                                     event_ids=800, event_ids_bytes=40_000))
 
     assert value(registry, "messaging_events_processed_total", type="message_sent") == 13
     assert value(registry, "messaging_events_processed_total", type="message_read") == 1
@@ -36,6 +39,8 @@ def test_counters_add_and_gauges_sum_the_latest_report_of_each_ingest() -> None:
     assert value(registry, "messaging_state_store_bytes", stage="ingest", part="memtables") == 4_000
     assert value(registry, "messaging_state_store_bytes", stage="ingest", part="sst_files") == 8_500
     assert value(registry, "messaging_state_store_bytes", stage="ingest", part="block_cache") == 0
+    assert value(registry, "messaging_event_ids") == 840
+    assert value(registry, "messaging_event_ids_memory_bytes") == 42_000
     # an empty poll is not a batch
     assert value(registry, "messaging_ingest_batch_size_events_count") == 2
 

@@ -8,8 +8,9 @@
 //! a quarter of the ingest's CPU (dict, tuples, spilling to fingerprints, the
 //! records' JSON); here it is a fraction of that, with the same answers.
 //!
-//! What is kept per id is a 64-bit fingerprint and the ts of its latest acceptance
-//! (about 50 bytes); the ids themselves are in the changelog records, which the
+//! What is kept per id is a 32-bit fingerprint in a table (the number of its latest
+//! acceptance) and, by batch, its fingerprint and ts (about 30 bytes an id in all); the
+//! ids themselves are in the changelog records, which the
 //! partition's store keeps. A fingerprint that matches is confirmed against the id
 //! (in the batch still open, here; in a record, by the caller reading the store), so
 //! the answer is exact whatever collides. Ids whose fingerprint collides with another
@@ -39,13 +40,15 @@ impl Hasher for Passthrough {
     }
 }
 
-type ByFingerprint = HashMap<u64, Entry, BuildHasherDefault<Passthrough>>;
+/// Fingerprint -> the acceptance number (low 32 bits) of its id's latest acceptance;
+/// that acceptance's ts is in its record (or the open batch).
+type ByFingerprint = HashMap<u32, u32, BuildHasherDefault<Passthrough>>;
 
-/// One id's latest acceptance: its ts and its place in acceptance order.
+/// An id kept by its string (its fingerprint collided with another live id's): the ts
+/// of its latest acceptance.
 #[derive(Clone, Copy)]
 struct Entry {
     ts: f64,
-    seq: u64,
 }
 
 /// A changelog record of a batch's ids: acceptances `first_seq..` up to the next
@@ -55,7 +58,8 @@ struct Record {
     first_seq: u64,
     key: Option<Vec<u8>>,
     newest: f64,
-    fingerprints: Vec<u64>,
+    fingerprints: Vec<u32>,
+    ts: Vec<f64>,
 }
 
 /// One accepted id of the open batch: its bytes are `batch_text[start..start + len]`.
@@ -63,10 +67,12 @@ struct Accepted {
     start: usize,
     len: usize,
     ts: f64,
-    fingerprint: u64,
+    fingerprint: u32,
 }
 
-/// A keyed 64-bit hash of the id (folded multiplications, as foldhash and wyhash do):
+/// A keyed 64-bit hash of the id (folded multiplications, as foldhash and wyhash do;
+/// its low 32 bits are the fingerprint: a match is confirmed, so width only sets how
+/// often, about once per 14,000 new ids with 300,000 remembered):
 /// a few nanoseconds where SipHash took tens, and keyed per process like it.
 fn fingerprint(bytes: &[u8], seeds: [u64; 2]) -> u64 {
     const MULTIPLIER: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -108,7 +114,7 @@ const CONFIRM: u8 = 2; // a record may hold it: read it and ask `ids_record_hold
 pub struct EventIds {
     horizon: f64,
     seeds: [u64; 2], // the fingerprints' keys, random per process: never stored
-    mask: u64,       // all 64 bits, but for tests that make fingerprints collide
+    mask: u32,       // all 32 bits, but for tests that make fingerprints collide
     by_fingerprint: ByFingerprint,
     collided: HashMap<String, Entry>,
     batch: Vec<Accepted>,      // the open batch's ids, in acceptance order
@@ -119,8 +125,25 @@ pub struct EventIds {
 }
 
 impl EventIds {
-    fn fingerprint(&self, event_id: &str) -> u64 {
-        fingerprint(event_id.as_bytes(), self.seeds) & self.mask
+    fn fingerprint(&self, event_id: &str) -> u32 {
+        (fingerprint(event_id.as_bytes(), self.seeds) as u32) & self.mask
+    }
+
+    /// The acceptance number whose low 32 bits are `low`: every live one is within
+    /// 2^32 of the oldest live record's first.
+    fn full_seq(&self, low: u32) -> u64 {
+        let base = self.records.front().map_or(self.batch_seq, |r| r.first_seq);
+        base + u64::from(low.wrapping_sub(base as u32))
+    }
+
+    /// The ts of acceptance `seq` (live: in a record or the open batch).
+    fn ts_of(&self, seq: u64) -> f64 {
+        if seq >= self.batch_seq {
+            self.batch[(seq - self.batch_seq) as usize].ts
+        } else {
+            let record = self.record_of(seq).expect("a live acceptance's record");
+            record.ts[(seq - record.first_seq) as usize]
+        }
     }
 
     fn batch_id(&self, accepted: &Accepted) -> &str {
@@ -128,7 +151,7 @@ impl EventIds {
         std::str::from_utf8(bytes).expect("stored from a str")
     }
 
-    fn push_batch(&mut self, event_id: &str, ts: f64, fingerprint: u64) {
+    fn push_batch(&mut self, event_id: &str, ts: f64, fingerprint: u32) {
         let start = self.batch_text.len();
         self.batch_text.extend_from_slice(event_id.as_bytes());
         self.batch.push(Accepted {
@@ -150,57 +173,64 @@ impl EventIds {
 
     /// Remember an acceptance: by fingerprint, unless a live entry of another id holds
     /// it (`same_id`: whether that entry is this id, when the caller can tell).
+    ///
+    /// What decides a duplicate is an id's newest ts among its acceptances, which is the
+    /// ts of its latest one: an id is accepted again only once every earlier copy is
+    /// past the horizon. A restore reads records by their newest ts, not in the order
+    /// they were written, so there an older copy may come after a newer one: it keeps
+    /// the newer.
     fn remember(
         &mut self,
         event_id: &str,
-        fingerprint: u64,
+        fingerprint: u32,
         ts: f64,
         oldest: f64,
         same_id: bool,
     ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let entry = Entry { ts, seq };
         if !self.collided.is_empty() {
             if let Some(known) = self.collided.get_mut(event_id) {
-                *known = entry;
+                known.ts = known.ts.max(ts); // a restore may read an older copy after it
                 return seq;
             }
         }
-        match self.by_fingerprint.get_mut(&fingerprint) {
-            Some(live) if live.ts >= oldest && !same_id => {
-                self.collided.insert(event_id.to_owned(), entry);
-            }
-            Some(known) => *known = entry,
-            None => {
-                self.by_fingerprint.insert(fingerprint, entry);
-            }
+        let live = match self.by_fingerprint.get(&fingerprint) {
+            Some(&low) => self.ts_of(self.full_seq(low)) >= oldest,
+            None => false,
+        };
+        if live && !same_id {
+            self.collided.insert(event_id.to_owned(), Entry { ts });
+        } else {
+            self.by_fingerprint.insert(fingerprint, seq as u32);
         }
         seq
     }
 
-    fn verdict(&self, event_id: &str, fingerprint: u64, oldest: f64) -> u8 {
+    fn verdict(&self, event_id: &str, fingerprint: u32, oldest: f64) -> u8 {
         if !self.collided.is_empty() {
             if let Some(known) = self.collided.get(event_id) {
                 return if known.ts >= oldest { DUPLICATE } else { NEW };
             }
         }
-        match self.by_fingerprint.get(&fingerprint) {
-            Some(entry) if entry.ts >= oldest => {
-                if entry.seq >= self.batch_seq {
-                    let accepted = &self.batch[(entry.seq - self.batch_seq) as usize];
-                    if self.batch_id(accepted) == event_id {
-                        DUPLICATE
-                    } else {
-                        NEW
-                    }
-                } else if self.record_of(entry.seq).map_or(false, |r| r.key.is_some()) {
-                    CONFIRM
-                } else {
-                    NEW
-                }
+        let seq = match self.by_fingerprint.get(&fingerprint) {
+            Some(&low) => self.full_seq(low),
+            None => return NEW,
+        };
+        if self.ts_of(seq) < oldest {
+            return NEW;
+        }
+        if seq >= self.batch_seq {
+            let accepted = &self.batch[(seq - self.batch_seq) as usize];
+            if self.batch_id(accepted) == event_id {
+                DUPLICATE
+            } else {
+                NEW
             }
-            _ => NEW,
+        } else if self.record_of(seq).map_or(false, |r| r.key.is_some()) {
+            CONFIRM
+        } else {
+            NEW
         }
     }
 }
@@ -242,17 +272,17 @@ fn chunks(sizes: &[usize], start: usize, end: usize, limit: usize, out: &mut Vec
 
 #[pymethods]
 impl EventIds {
-    /// `fingerprint_bits` below 64 only for tests: fingerprints that collide often.
+    /// `fingerprint_bits` below 32 only for tests: fingerprints that collide often.
     #[new]
-    #[pyo3(signature = (horizon, fingerprint_bits = 64))]
+    #[pyo3(signature = (horizon, fingerprint_bits = 32))]
     fn new(horizon: f64, fingerprint_bits: u32) -> Self {
         EventIds {
             horizon,
             seeds: random_seeds(),
-            mask: if fingerprint_bits >= 64 {
-                u64::MAX
+            mask: if fingerprint_bits >= 32 {
+                u32::MAX
             } else {
-                (1u64 << fingerprint_bits) - 1
+                (1u32 << fingerprint_bits) - 1
             },
             by_fingerprint: ByFingerprint::default(),
             collided: HashMap::new(),
@@ -286,8 +316,8 @@ impl EventIds {
 
     /// The key of the record that may hold `event_id` (after :meth:`admit` said 2).
     fn record_of_id<'py>(&self, py: Python<'py>, event_id: &str) -> Option<Bound<'py, PyBytes>> {
-        let entry = self.by_fingerprint.get(&self.fingerprint(event_id))?;
-        let key = self.record_of(entry.seq)?.key.as_ref()?;
+        let low = *self.by_fingerprint.get(&self.fingerprint(event_id))?;
+        let key = self.record_of(self.full_seq(low))?.key.as_ref()?;
         Some(PyBytes::new(py, key))
     }
 
@@ -349,6 +379,7 @@ impl EventIds {
                 key,
                 newest,
                 fingerprints: ids.iter().map(|a| a.fingerprint).collect(),
+                ts: ids.iter().map(|a| a.ts).collect(),
             });
         }
         self.batch.clear();
@@ -362,9 +393,10 @@ impl EventIds {
         while self.records.front().map_or(false, |r| r.newest < oldest) {
             let record = self.records.pop_front().expect("front");
             let end = self.records.front().map_or(self.batch_seq, |r| r.first_seq);
+            let base = record.first_seq; // the oldest live acceptance until now
             for fingerprint in record.fingerprints {
-                if let Some(entry) = self.by_fingerprint.get(&fingerprint) {
-                    if entry.seq >= record.first_seq && entry.seq < end {
+                if let Some(&low) = self.by_fingerprint.get(&fingerprint) {
+                    if base + u64::from(low.wrapping_sub(base as u32)) < end {
                         self.by_fingerprint.remove(&fingerprint);
                     }
                 }
@@ -405,32 +437,32 @@ impl EventIds {
         }
         parsed.sort_by(|a, b| a.0.total_cmp(&b.0)); // stable: ties keep the store's order
                                                     // which id each fingerprint's entry is, while the strings are at hand
-        let mut whose: HashMap<u64, (usize, usize), BuildHasherDefault<Passthrough>> =
+        let mut whose: HashMap<u32, (usize, usize), BuildHasherDefault<Passthrough>> =
             HashMap::default();
         for (r, (newest, key, ids)) in parsed.iter().enumerate() {
             let first_seq = self.next_seq;
-            let mut fingerprints = Vec::with_capacity(ids.len());
-            for (i, (id, ts)) in ids.iter().enumerate() {
-                let fingerprint = self.fingerprint(id);
-                let same = whose
-                    .get(&fingerprint)
-                    .map_or(false, |&(pr, pi)| parsed[pr].2[pi].0 == *id);
-                let seq = self.remember(id, fingerprint, *ts, oldest, same);
-                if self
-                    .by_fingerprint
-                    .get(&fingerprint)
-                    .map_or(false, |e| e.seq == seq)
-                {
-                    whose.insert(fingerprint, (r, i));
-                }
-                fingerprints.push(fingerprint);
-            }
+            let fingerprints: Vec<u32> = ids.iter().map(|(id, _)| self.fingerprint(id)).collect();
             self.records.push_back(Record {
                 first_seq,
                 key: Some(key.clone()),
                 newest: *newest,
-                fingerprints,
+                fingerprints: fingerprints.clone(),
+                ts: ids.iter().map(|(_, ts)| *ts).collect(),
             });
+            self.batch_seq = first_seq + ids.len() as u64; // its ts are read from the record
+            for (i, ((id, ts), fingerprint)) in ids.iter().zip(fingerprints).enumerate() {
+                let same = whose
+                    .get(&fingerprint)
+                    .map_or(false, |&(pr, pi)| parsed[pr].2[pi].0 == *id);
+                if same && self.ts_of(self.full_seq(self.by_fingerprint[&fingerprint])) >= *ts {
+                    self.next_seq += 1; // an older copy, read after a newer one: not its latest
+                    continue;
+                }
+                let seq = self.remember(id, fingerprint, *ts, oldest, same);
+                if self.by_fingerprint.get(&fingerprint) == Some(&(seq as u32)) {
+                    whose.insert(fingerprint, (r, i));
+                }
+            }
         }
         self.batch_seq = self.next_seq;
         Ok(())
@@ -443,11 +475,11 @@ impl EventIds {
 
     /// About how many bytes the remembered ids take.
     fn memory_bytes(&self) -> usize {
-        let table = self.by_fingerprint.capacity() * (8 + std::mem::size_of::<Entry>() + 1);
+        let table = self.by_fingerprint.capacity() * (4 + 4 + 1);
         let records: usize = self
             .records
             .iter()
-            .map(|r| r.fingerprints.capacity() * 8 + 64)
+            .map(|r| r.fingerprints.capacity() * 4 + r.ts.capacity() * 8 + 96)
             .sum();
         let batch =
             self.batch.capacity() * std::mem::size_of::<Accepted>() + self.batch_text.capacity();

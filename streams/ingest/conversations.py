@@ -131,7 +131,7 @@ class PartitionCore:
     )
     # the changelog records of ids, where a fingerprint's match is confirmed (the store)
     read_record: Callable[[bytes], bytes | None] | None = None
-    event_ids: EventIds = field(init=False)  # accepted within the horizon (:mod:`.event_ids`)
+    event_ids: EventIds = field(init=False)  # accepted within the horizon (see above)
     clock: PartitionClock = field(init=False)
     inmail_ttl: float = field(init=False)
 

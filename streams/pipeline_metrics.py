@@ -95,18 +95,15 @@ class PipelineMetrics:
                 lambda part=part: sum(store.get(part, 0) for store in self._stores.values())
             )
         self._event_ids: dict[str, tuple[int, int]] = {}  # ingest source -> (ids, bytes)
-        Gauge(
-            "messaging_event_ids",
-            "Event ids remembered within the dedup horizon, of the events partitions this "
-            "worker owns (duplicates of them are rejected).",
-            registry=registry,
-        ).set_function(lambda: sum(ids for ids, _ in self._event_ids.values()))
-        Gauge(
-            "messaging_event_ids_memory_bytes",
-            "What the remembered event ids take in memory (a fingerprint and a ts each; the "
-            "ids themselves are in the local state).",
-            registry=registry,
-        ).set_function(lambda: sum(size for _, size in self._event_ids.values()))
+        for index, (name, documentation) in enumerate((
+            ("messaging_event_ids", ("Event ids remembered within the dedup horizon, of the "
+             "events partitions this worker owns (duplicates of them are rejected).")),
+            ("messaging_event_ids_memory_bytes", ("What the remembered event ids take in "
+             "memory (a fingerprint and a ts each; the ids themselves are in the local state).")),
+        )):
+            Gauge(name, documentation, registry=registry).set_function(
+                lambda index=index: sum(latest[index] for latest in self._event_ids.values())
+            )
         self._outages: dict[tuple[str, str], float] = {}  # (stage, source) -> since
         for stage in STAGES:
             self.kafka_outages.labels(stage)
